@@ -1,0 +1,1 @@
+"""HTTP admin API (FastAPI): arrives with the change-request issue."""

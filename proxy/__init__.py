@@ -1,0 +1,1 @@
+"""QueryBase runtime: CLI, configuration, store, listeners and the wire-protocol sessions."""

@@ -1,0 +1,266 @@
+"""Configuration: one TOML file plus QUERYBASE_<SECTION>__<KEY> overrides, validated into one frozen object.
+
+Where the file lives: `--config PATH`, else `$QUERYBASE_CONFIG`, else `./querybase.toml`. Relative
+paths inside it are relative to the file's directory, and so are the defaults (store, key, TLS
+files), so a config directory is self-contained. Anything wrong — an unknown key, a bad address,
+an unreadable file — raises `ConfigError` whose message is one line naming the key and the problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from proxy.errors import ConfigError
+
+ENV_PREFIX = "QUERYBASE_"
+CONFIG_ENV = "QUERYBASE_CONFIG"
+SECRET_KEY_ENV = "QUERYBASE_SECRET_KEY"  # noqa: S105 - a variable name
+DEFAULT_CONFIG_NAME = "querybase.toml"
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+class ListenAddress(BaseModel):
+    """A TCP listen address; `str()` gives it back in the config's HOST:PORT form."""
+
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str) -> ListenAddress | None:
+    """Parse `HOST:PORT` or `[IPV6]:PORT`; the empty string means the listener is disabled."""
+    text = value.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{value!r} is not [IPV6]:PORT")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        if not _HOSTNAME.match(host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                raise ValueError(f"{host!r} is not a host name or IP address") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return ListenAddress(host=host, port=int(port_text))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreSettings(_Section):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _supported_url(cls, url: str) -> str:
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            scheme = url.partition("://")[0] or url
+            raise ValueError(
+                f"unsupported store URL scheme {scheme!r}: use sqlite+aiosqlite:///PATH "
+                "or postgresql+asyncpg://USER@HOST/DB"
+            )
+        return url
+
+
+class SecretsSettings(_Section):
+    key_file: Path
+
+
+class ListenerSettings(_Section):
+    listen: ListenAddress | None
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_listen(value)
+        if isinstance(value, ListenAddress) or value is None:
+            return value
+        raise ValueError("must be a string HOST:PORT (empty to disable)")
+
+
+class TLSSettings(_Section):
+    mode: Literal["allow", "require", "disable"] = "allow"
+    cert_file: Path
+    key_file: Path
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Settings(_Section):
+    """Everything QueryBase reads from its configuration; passed in, never global."""
+
+    config_path: Path = Field(exclude=True)
+    store: StoreSettings
+    secrets: SecretsSettings
+    postgres: ListenerSettings
+    mysql: ListenerSettings
+    admin: ListenerSettings
+    tls: TLSSettings
+    log: LogSettings
+
+    @property
+    def base_dir(self) -> Path:
+        return self.config_path.parent
+
+
+_SQLITE = "sqlite+aiosqlite:///"
+SECTIONS = ("store", "secrets", "postgres", "mysql", "admin", "tls", "log")
+
+
+def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
+    """The default value of every key, for a config file living in `base_dir`."""
+    return {
+        "store": {"url": "sqlite+aiosqlite:///querybase.db"},
+        "secrets": {"key_file": "querybase.key"},
+        "postgres": {"listen": "127.0.0.1:15432"},
+        "mysql": {"listen": "127.0.0.1:13306"},
+        "admin": {"listen": "127.0.0.1:18080"},
+        "tls": {"mode": "allow", "cert_file": "tls/server.crt", "key_file": "tls/server.key"},
+        "log": {"level": "info", "format": "auto"},
+    }
+
+
+def resolve_config_path(cli_value: str | None, environ: Mapping[str, str] | None = None) -> Path:
+    """`--config`, else `$QUERYBASE_CONFIG`, else `./querybase.toml`, as an absolute path."""
+    env = os.environ if environ is None else environ
+    raw = cli_value or env.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME
+    return Path(raw).expanduser().absolute()
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """(section, key) -> (value, variable name) for every QUERYBASE_<SECTION>__<KEY> variable."""
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        found[(section, key)] = (value, name)
+    return found
+
+
+def _describe(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError with one clear line."""
+    env = os.environ if environ is None else environ
+    path = path.absolute()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (run `querybase init`)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: TOML syntax error: {exc}") from None
+    return build_settings(path, raw, env)
+
+
+def build_settings(path: Path, raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Validate file contents `raw` (as parsed TOML) plus environment overrides for file `path`."""
+    base_dir = path.parent
+    merged = defaults(base_dir)
+    origin: dict[tuple[str, str], str] = {}
+    for section, body in raw.items():
+        if section not in merged:
+            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}) in {path}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{section}: must be a [{section}] table in {path}")
+        for key, value in body.items():
+            if key not in merged[section]:
+                known = ", ".join(merged[section])
+                raise ConfigError(f"{section}.{key}: unknown key (known: {known}) in {path}")
+            merged[section][key] = value
+    for (section, key), (value, var) in sorted(_env_overrides(environ).items()):
+        if section not in merged or key not in merged[section]:
+            raise ConfigError(f"{var}: no such setting {section}.{key}")
+        merged[section][key] = value
+        origin[(section, key)] = var
+    for section, key in (("secrets", "key_file"), ("tls", "cert_file"), ("tls", "key_file")):
+        value = merged[section][key]
+        if isinstance(value, str) and value:
+            merged[section][key] = str((base_dir / Path(value).expanduser()).absolute())
+    url = merged["store"]["url"]
+    if isinstance(url, str) and url.startswith(_SQLITE) and not url[len(_SQLITE) :].startswith("/"):
+        merged["store"]["url"] = _SQLITE + str(base_dir / url[len(_SQLITE) :])
+    try:
+        return Settings(config_path=path, **merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(str(p) for p in first["loc"])
+        where = origin.get((loc[0], loc[1])) if len(loc) >= 2 else None
+        message = first["msg"].removeprefix("Value error, ")
+        suffix = f" (from {where})" if where else f" (in {path})"
+        raise ConfigError(f"{_describe(loc)}: {message}{suffix}") from None
+
+
+DEFAULT_CONFIG_TEXT = """\
+# QueryBase configuration. Every key can be overridden by an environment variable
+# QUERYBASE_<SECTION>__<KEY>, e.g. QUERYBASE_POSTGRES__LISTEN=0.0.0.0:15432.
+# Relative paths are relative to this file's directory. See docs/configuration.md.
+
+[store]
+# sqlite+aiosqlite:///PATH (embedded, default) or postgresql+asyncpg://USER:PASS@HOST/DB (shared)
+url = "sqlite+aiosqlite:///querybase.db"
+
+[secrets]
+# 32-byte key sealing source passwords (created 0600 by `querybase init`);
+# QUERYBASE_SECRET_KEY (base64) takes precedence.
+key_file = "querybase.key"
+
+[postgres]
+listen = "127.0.0.1:15432"   # empty string disables the listener
+
+[mysql]
+listen = "127.0.0.1:13306"
+
+[admin]
+listen = "127.0.0.1:18080"
+
+[tls]
+mode = "allow"               # allow | require | disable
+cert_file = "tls/server.crt"
+key_file = "tls/server.key"
+
+[log]
+level = "info"               # debug | info | warning | error
+format = "auto"              # json | console | auto (console on a terminal, else json)
+"""

@@ -1,0 +1,103 @@
+"""`querybase serve`: the process lifespan — migrate, bind the listeners, report ready, stop on a signal.
+
+The wire-protocol listeners (PostgreSQL, MySQL) plug in here as their issues land; today the
+process binds the admin listener (health endpoints) and keeps the store migrated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+
+from admin_api.app import create_app
+from proxy.config import ListenAddress, Settings
+from proxy.errors import ConfigError, StoreError
+from proxy.store.crypto import load_key
+from proxy.store.db import Store
+from proxy.tlsfiles import server_context
+
+log = structlog.get_logger("querybase.server")
+
+SHUTDOWN_TIMEOUT = 10.0
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the process lifespan owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(key: str, address: ListenAddress) -> socket.socket:
+    """Bind a listening TCP socket, or raise ConfigError naming the setting and the OS error."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        return socket.create_server((address.host, address.port), family=family, backlog=1024)
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    server_context(settings)  # a broken certificate stops startup now, not at the first client
+    load_key(settings)
+    store = Store(settings.store.url)
+    try:
+        await store.migrate()
+        return await _run(settings, store)
+    finally:
+        await store.close()
+
+
+async def _run(settings: Settings, store: Store) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    admin: _EmbeddedUvicorn | None = None
+    admin_task: asyncio.Task[None] | None = None
+
+    async def readiness() -> None:
+        await store.ping()
+        if admin is None or not admin.started:
+            raise StoreError("admin listener is not up")
+
+    try:
+        if settings.admin.listen is not None:
+            sock = bind("admin.listen", settings.admin.listen)
+            config = uvicorn.Config(create_app(readiness), log_config=None, lifespan="off", access_log=False)
+            admin = _EmbeddedUvicorn(config)
+            admin_task = asyncio.create_task(admin.serve(sockets=[sock]))
+            while not admin.started:
+                if admin_task.done():
+                    admin_task.result()
+                    raise ConfigError(f"admin.listen: the admin listener on {settings.admin.listen} stopped")
+                await asyncio.sleep(0.01)
+        for key, listener in (("postgres", settings.postgres), ("mysql", settings.mysql)):
+            if listener.listen is not None:
+                log.info("listener_not_built", listener=key, address=str(listener.listen))
+        log.info(
+            "ready",
+            admin=str(settings.admin.listen) if settings.admin.listen else None,
+            store=store.safe_url,
+            config=str(settings.config_path),
+        )
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        if admin is not None and admin_task is not None:
+            admin.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(admin_task, SHUTDOWN_TIMEOUT)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,1 @@
+"""The catalog store: models, migrations, secret sealing, password verifiers and catalog operations."""

@@ -1,0 +1,61 @@
+"""Session fixtures running real PostgreSQL and MariaDB servers (tests/support/localdb.py).
+
+The servers start on first request and stop when the session ends, whatever happened; tests that
+do not ask for them start nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.localdb import MariaDBServer, PostgresCluster
+
+
+@contextlib.contextmanager
+def _server_basedir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """A fresh directory for a server. As root, PostgreSQL runs as `postgres`, which cannot enter
+    pytest's temp tree (mode 0700), so the directory goes under the system temp dir instead, with
+    only search permission for others, and is removed afterwards."""
+    if os.geteuid() != 0:
+        yield tmp_path_factory.mktemp(name)
+        return
+    path = Path(tempfile.mkdtemp(prefix=f"querybase-{name}-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster with the qb_* roles and database qbtest (see localdb.PG_PASSWORDS)."""
+    with (
+        _server_basedir(tmp_path_factory, "pg") as basedir,
+        PostgresCluster(basedir / "pg") as cluster,
+    ):
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDBServer]:
+    """A MariaDB server with qb_native, qb_reader and database qbtest (see MARIADB_PASSWORDS)."""
+    with (
+        _server_basedir(tmp_path_factory, "mariadb") as basedir,
+        MariaDBServer(basedir / "mariadb") as server,
+    ):
+        yield server
+
+
+@pytest.fixture
+def localdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """An empty directory a test may give to its own PostgresCluster or MariaDBServer."""
+    with _server_basedir(tmp_path_factory, "localdb") as basedir:
+        yield basedir / "server"
