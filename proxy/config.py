@@ -25,6 +25,7 @@ CONFIG_ENV = "QUERYBASE_CONFIG"
 SECRET_KEY_ENV = "QUERYBASE_SECRET_KEY"  # noqa: S105 - a variable name
 DEFAULT_CONFIG_NAME = "querybase.toml"
 
+_DOTTED_NUMBERS = re.compile(r"[0-9.]+")
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -59,12 +60,13 @@ def parse_listen(value: str) -> ListenAddress | None:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
             raise ValueError(f"{value!r} is not HOST:PORT")
-        if not _HOSTNAME.match(host):
+        # A name that looks like a dotted quad must be a valid one (RFC 1123 §2.1).
+        if _DOTTED_NUMBERS.fullmatch(host) or not _HOSTNAME.fullmatch(host):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
                 raise ValueError(f"{host!r} is not a host name or IP address") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
     return ListenAddress(host=host, port=int(port_text))
 
@@ -173,6 +175,11 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], tuple[st
     return found
 
 
+def _show(name: str) -> str:
+    """A name from the file as it can be printed on one line (quoted if it is not plain)."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
+
+
 def _describe(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc)
 
@@ -201,13 +208,13 @@ def build_settings(path: Path, raw: Mapping[str, Any], environ: Mapping[str, str
     origin: dict[tuple[str, str], str] = {}
     for section, body in raw.items():
         if section not in merged:
-            raise ConfigError(f"{section}: unknown section (known: {', '.join(SECTIONS)}) in {path}")
+            raise ConfigError(f"{_show(section)}: unknown section (known: {', '.join(SECTIONS)}) in {path}")
         if not isinstance(body, dict):
             raise ConfigError(f"{section}: must be a [{section}] table in {path}")
         for key, value in body.items():
             if key not in merged[section]:
                 known = ", ".join(merged[section])
-                raise ConfigError(f"{section}.{key}: unknown key (known: {known}) in {path}")
+                raise ConfigError(f"{section}.{_show(key)}: unknown key (known: {known}) in {path}")
             merged[section][key] = value
     for (section, key), (value, var) in sorted(_env_overrides(environ).items()):
         if section not in merged or key not in merged[section]:

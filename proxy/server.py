@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Iterator
@@ -41,7 +42,8 @@ def bind(key: str, address: ListenAddress) -> socket.socket:
     try:
         return socket.create_server((address.host, address.port), family=family, backlog=1024)
     except OSError as exc:
-        raise ConfigError(f"{key}: cannot listen on {address}: {exc.strerror or exc}") from None
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"{key}: cannot listen on {address}: {reason}") from None
 
 
 async def serve(settings: Settings) -> int:

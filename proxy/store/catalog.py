@@ -34,14 +34,14 @@ from proxy.store.models import (
 )
 from proxy.store.verifiers import make_verifiers
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 MIN_PASSWORD_LENGTH = 8
 # Effective data level: the highest of these a user holds through any group.
 _DATA_LEVELS = (Level.READ, Level.PROPOSE, Level.WRITE)
 
 
 def check_name(kind: str, name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidInput(
             f"invalid {kind} name {name!r}: use 1-63 letters, digits, '_', '.', '-', "
             "starting with a letter or '_'"
@@ -182,7 +182,7 @@ class Catalog:
     async def add_user(self, name: str, password: str, *, admin: bool = False, actor: str | None) -> None:
         check_name("user", name)
         verifiers = make_verifiers(check_password(password))
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(User.id).where(User.name == name)) is not None:
                 raise AlreadyExists(f"user {name!r} already exists")
             session.add(
@@ -223,7 +223,7 @@ class Catalog:
 
     async def set_password(self, name: str, password: str, *, actor: str | None) -> None:
         verifiers = make_verifiers(check_password(password))
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             user = await self._user(session, name)
             user.scram_verifier = verifiers.scram
             user.sha256_sha256 = verifiers.sha256_sha256
@@ -232,7 +232,7 @@ class Catalog:
             await audit.append(session, "user.password_changed", actor=actor, subject=name)
 
     async def set_active(self, name: str, active: bool, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             user = await self._user(session, name)
             user.is_active = active
             kind = "user.enabled" if active else "user.disabled"
@@ -248,7 +248,7 @@ class Catalog:
 
     async def add_group(self, name: str, *, actor: str | None) -> None:
         check_name("group", name)
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(Group.id).where(Group.name == name)) is not None:
                 raise AlreadyExists(f"group {name!r} already exists")
             session.add(Group(name=name))
@@ -266,7 +266,7 @@ class Catalog:
             return [GroupView(g.name, tuple(sorted(m.user.name for m in g.memberships))) for g in groups]
 
     async def add_member(self, group_name: str, user_name: str, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             group = await self._group(session, group_name)
             user = await self._user(session, user_name)
             existing = await session.get(Membership, (group.id, user.id))
@@ -282,7 +282,7 @@ class Catalog:
             )
 
     async def remove_member(self, group_name: str, user_name: str, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             group = await self._group(session, group_name)
             user = await self._user(session, user_name)
             result = await session.execute(
@@ -345,7 +345,7 @@ class Catalog:
             tls=spec.tls,
             pool_size=spec.pool_size,
         )
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(Source.id).where(Source.name == spec.name)) is not None:
                 raise AlreadyExists(f"source {spec.name!r} already exists")
             session.add(row)
@@ -404,7 +404,7 @@ class Catalog:
             return SourceCredentials(_source_view(src), read_pw, write_pw)
 
     async def remove_source(self, name: str, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             src = await self._source(session, name)
             await session.delete(src)
             try:
@@ -418,7 +418,7 @@ class Catalog:
     # grants --------------------------------------------------------------------------------
 
     async def grant(self, group_name: str, source_name: str, level: Level, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             group = await self._group(session, group_name)
             src = await self._source(session, source_name)
             existing = await session.scalar(
@@ -439,7 +439,7 @@ class Catalog:
             )
 
     async def revoke(self, group_name: str, source_name: str, level: Level, *, actor: str | None) -> None:
-        async with self._store.session() as session, session.begin():
+        async with self._store.write_session() as session, session.begin():
             group = await self._group(session, group_name)
             src = await self._source(session, source_name)
             result = await session.execute(

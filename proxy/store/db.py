@@ -45,6 +45,12 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
+def _sqlite_begin_immediate(conn: Connection) -> None:
+    # A write transaction takes SQLite's write lock up front, so two writers queue (busy_timeout)
+    # instead of the second failing with "database is locked" when it upgrades from a read.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def alembic_config(url: str | None = None) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -59,20 +65,31 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=True)
+        # Writes go through `write_engine`: the same engine on PostgreSQL; on SQLite a second
+        # engine whose transactions begin IMMEDIATE, so readers never wait for the write lock.
+        self.write_engine = self.engine
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
             Path(self.engine.url.database or "").parent.mkdir(parents=True, exist_ok=True)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+            self.write_engine = create_async_engine(url)
+            for engine, begin in ((self.engine, _sqlite_begin), (self.write_engine, _sqlite_begin_immediate)):
+                event.listen(engine.sync_engine, "connect", _sqlite_connect)
+                event.listen(engine.sync_engine, "begin", begin)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = async_sessionmaker(self.write_engine, expire_on_commit=False)
 
     def session(self) -> AsyncSession:
-        return self.sessions()
+        """A session for reading."""
+        return self._sessions()
+
+    def write_session(self) -> AsyncSession:
+        """A session for a transaction that writes (serialised with other writers on SQLite)."""
+        return self._write_sessions()
 
     async def migrate(self) -> None:
         """Upgrade the schema to head; idempotent."""
         try:
-            async with self.engine.begin() as conn:
+            async with self.write_engine.begin() as conn:
                 await conn.run_sync(self._upgrade)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreError(f"store {self.safe_url}: cannot migrate: {_first_line(exc)}") from None
@@ -105,6 +122,8 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.write_engine is not self.engine:
+            await self.write_engine.dispose()
 
 
 def _first_line(exc: BaseException) -> str:

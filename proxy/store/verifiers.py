@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 SCRAM_ITERATIONS = 4096
 SCRAM_SALT_BYTES = 16
+SCRAM_KEY_BYTES = 32  # SHA-256 output
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,7 @@ class ScramVerifier:
             mechanism, iter_salt, keys = text.split("$")
             iterations, salt = iter_salt.split(":")
             stored_key, server_key = keys.split(":")
-            if mechanism != "SCRAM-SHA-256":
-                raise ValueError(mechanism)
-            return cls(
+            verifier = cls(
                 int(iterations),
                 base64.b64decode(salt, validate=True),
                 base64.b64decode(stored_key, validate=True),
@@ -51,6 +50,15 @@ class ScramVerifier:
             )
         except ValueError:
             raise ValueError("not a SCRAM-SHA-256 verifier") from None
+        if (
+            mechanism != "SCRAM-SHA-256"
+            or verifier.iterations < 1
+            or not verifier.salt
+            or len(verifier.stored_key) != SCRAM_KEY_BYTES
+            or len(verifier.server_key) != SCRAM_KEY_BYTES
+        ):
+            raise ValueError("not a SCRAM-SHA-256 verifier")
+        return verifier
 
 
 def _saslprep(password: str) -> bytes:
