@@ -24,8 +24,12 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# Debian's python3 needs python3-venv for `-m venv`; install it only if venv creation fails.
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv && \
+	  $(PYTHON) -m venv $(VENV); }
 
 # Reinstall only when the dependency list changed.
 $(STAMP): pyproject.toml | $(VENV)/bin/python

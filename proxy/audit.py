@@ -2,9 +2,11 @@
 
 Each event's `hash` is SHA-256 over the canonical JSON of its fields (id, time, kind, actor,
 source, subject, payload) together with `prev_hash`, the previous event's hash (64 zeros for the
-first). Changing, deleting, inserting or reordering any event breaks the chain at that event, and
-`verify()` names the first one that does not fit. Catalog changes append in the same transaction
-as the change itself, so a change without its record cannot be committed.
+first). Changing, inserting or reordering any event, or deleting one that has successors, breaks
+the chain at that event, and `verify()` names the first one that does not fit. Removing events
+from the end of the chain (or appending a forged one there) needs an anchor of the newest hash
+outside the store, which is not built yet. Catalog changes append in the same transaction as the
+change itself, so a change without its record cannot be committed.
 """
 
 from __future__ import annotations
