@@ -19,12 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
+from policies.types import Level
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
 from proxy.errors import InvalidInput, QueryBaseError, StoreError
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
 from proxy.store.db import Store
-from proxy.store.models import Engine, Level, UpstreamTLS
+from proxy.store.models import Engine, UpstreamTLS
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_ENV = "QUERYBASE_ADMIN_PASSWORD"  # noqa: S105 - a variable name

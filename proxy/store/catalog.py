@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from policies.types import Level
 from proxy import audit
 from proxy.errors import AlreadyExists, InvalidInput, NotFound
 from proxy.store.crypto import SecretBox
@@ -25,7 +26,6 @@ from proxy.store.models import (
     Engine,
     Grant,
     Group,
-    Level,
     Membership,
     Source,
     UpstreamTLS,

@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from policies.types import Level
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -54,15 +56,6 @@ class Base(DeclarativeBase):
 class Engine(enum.StrEnum):
     POSTGRESQL = "postgresql"
     MYSQL = "mysql"
-
-
-class Level(enum.StrEnum):
-    """Grant levels. read < propose < write are cumulative; approve is separate."""
-
-    READ = "read"
-    PROPOSE = "propose"
-    WRITE = "write"
-    APPROVE = "approve"
 
 
 class UpstreamTLS(enum.StrEnum):

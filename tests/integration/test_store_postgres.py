@@ -14,11 +14,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
+from policies.types import Level
 from proxy import audit
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store
-from proxy.store.models import Base, Engine, Level
+from proxy.store.models import Base, Engine
 from tests.support.localdb import PostgresCluster, free_port
 from tests.support.querybase import ADMIN_PASSWORD, run_cli_in_process, start_serve, write_config
 

@@ -1,0 +1,90 @@
+"""The values policy trades in: statement kinds, classifications, grant levels and verdicts.
+
+Pure data, shared by both dialects' classifiers, `decide()` and the sessions that act on verdicts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Kind(enum.StrEnum):
+    """What a statement does (DESIGN.md §3). Ordered by strictness in `STRICTNESS`."""
+
+    READ = "read"
+    TRANSACTION = "transaction"
+    SESSION = "session"
+    WRITE = "write"
+    DDL = "ddl"
+    UNKNOWN = "unknown"
+    PRIVILEGED = "privileged"
+
+
+# A message with several statements takes the verdict of its strictest one.
+STRICTNESS = {
+    Kind.READ: 0,
+    Kind.TRANSACTION: 0,
+    Kind.SESSION: 0,
+    Kind.WRITE: 1,
+    Kind.DDL: 2,
+    Kind.UNKNOWN: 3,
+    Kind.PRIVILEGED: 4,
+}
+
+
+class Level(enum.StrEnum):
+    """Grant levels: read < propose < write are cumulative; approve is separate."""
+
+    READ = "read"
+    PROPOSE = "propose"
+    WRITE = "write"
+    APPROVE = "approve"
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    """The classifier's answer for one protocol message (possibly several statements).
+
+    - `kind`: the strictest kind over all statements in the message.
+    - `tables`: relations the message touches, as written (schema-qualified if it was), sorted, unique.
+    - `statements`: how many statements the message holds (0 for an empty query).
+    - `reason`: for anything but a plain read, why (e.g. "data-modifying CTE", "COPY FROM",
+      "set_config(default_transaction_read_only)"); for `unknown`, the parser's message.
+    - `prepares`: for SQL `PREPARE name AS stmt`, the statement name (`kind` is the inner
+      statement's kind).
+    - `executes`: for SQL `EXECUTE name`, the statement name; the classifier cannot know what it
+      runs, so `kind` is `unknown` and the session substitutes the kind it recorded at PREPARE.
+    - `copy_from_stdin`: COPY … FROM STDIN (the client will stream CopyData).
+    """
+
+    kind: Kind
+    tables: tuple[str, ...] = ()
+    statements: int = 1
+    reason: str = ""
+    prepares: str | None = None
+    executes: str | None = None
+    copy_from_stdin: bool = False
+
+
+class Action(enum.StrEnum):
+    FORWARD = "forward"
+    HOLD = "hold"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the session does with a statement, and why (for the client's message and the audit)."""
+
+    action: Action
+    kind: Kind
+    reason: str = ""
+    needed: Level | None = None  # for DENY: the level that would have allowed it
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePolicy:
+    """The parts of a source's settings that decide() reads."""
+
+    block_ddl: bool = False
