@@ -1,7 +1,7 @@
 """`querybase serve`: the process lifespan — migrate, bind the listeners, report ready, stop on a signal.
 
-The wire-protocol listeners (PostgreSQL, MySQL) plug in here as their issues land; today the
-process binds the admin listener (health endpoints) and keeps the store migrated.
+Today the process binds the PostgreSQL listener and the admin listener (health endpoints) and
+keeps the store migrated; the MySQL listener plugs in here when its issue lands.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Iterator
 
 import structlog
@@ -19,7 +20,9 @@ import uvicorn
 from admin_api.app import create_app
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
-from proxy.store.crypto import load_key
+from proxy.pg.session import PgFrontend
+from proxy.store.catalog import Catalog
+from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
 from proxy.tlsfiles import server_context
 
@@ -48,17 +51,17 @@ def bind(key: str, address: ListenAddress) -> socket.socket:
 
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
-    server_context(settings)  # a broken certificate stops startup now, not at the first client
-    load_key(settings)
+    tls = server_context(settings)  # a broken certificate stops startup now, not at the first client
+    box = SecretBox(load_key(settings))
     store = Store(settings.store.url)
     try:
         await store.migrate()
-        return await _run(settings, store)
+        return await _run(settings, store, Catalog(store, box), tls)
     finally:
         await store.close()
 
 
-async def _run(settings: Settings, store: Store) -> int:
+async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -66,6 +69,8 @@ async def _run(settings: Settings, store: Store) -> int:
 
     admin: _EmbeddedUvicorn | None = None
     admin_task: asyncio.Task[None] | None = None
+    pg_frontend: PgFrontend | None = None
+    pg_server: asyncio.Server | None = None
 
     async def readiness() -> None:
         await store.ping()
@@ -83,11 +88,16 @@ async def _run(settings: Settings, store: Store) -> int:
                     admin_task.result()
                     raise ConfigError(f"admin.listen: the admin listener on {settings.admin.listen} stopped")
                 await asyncio.sleep(0.01)
-        for key, listener in (("postgres", settings.postgres), ("mysql", settings.mysql)):
-            if listener.listen is not None:
-                log.info("listener_not_built", listener=key, address=str(listener.listen))
+        if settings.postgres.listen is not None:
+            pg_frontend = PgFrontend(settings, store, catalog, tls)
+            pg_server = await loop.create_server(
+                pg_frontend.protocol, sock=bind("postgres.listen", settings.postgres.listen)
+            )
+        if settings.mysql.listen is not None:
+            log.info("listener_not_built", listener="mysql", address=str(settings.mysql.listen))
         log.info(
             "ready",
+            postgres=str(settings.postgres.listen) if settings.postgres.listen else None,
             admin=str(settings.admin.listen) if settings.admin.listen else None,
             store=store.safe_url,
             config=str(settings.config_path),
@@ -97,6 +107,10 @@ async def _run(settings: Settings, store: Store) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if pg_server is not None:
+            pg_server.close()
+        if pg_frontend is not None:
+            await pg_frontend.close()
         if admin is not None and admin_task is not None:
             admin.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):

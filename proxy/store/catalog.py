@@ -67,6 +67,17 @@ class UserView:
 
 
 @dataclass(frozen=True)
+class UserLogin:
+    """What a wire-protocol login needs to know about a user. Verifiers, never passwords."""
+
+    name: str
+    active: bool
+    scram_verifier: str = field(repr=False)
+    sha256_sha256: bytes = field(repr=False)
+    sha1_sha1: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class GroupView:
     name: str
     members: tuple[str, ...]
@@ -196,6 +207,15 @@ class Catalog:
                 )
             )
             await audit.append(session, "user.created", actor=actor, subject=name, payload={"admin": admin})
+
+    async def user_login(self, name: str) -> UserLogin | None:
+        async with self._store.session() as session:
+            user = await session.scalar(select(User).where(User.name == name))
+            if user is None:
+                return None
+            return UserLogin(
+                user.name, user.is_active, user.scram_verifier, user.sha256_sha256, user.sha1_sha1
+            )
 
     async def user_exists(self, name: str) -> bool:
         async with self._store.session() as session:

@@ -1,0 +1,101 @@
+"""Bounded LRU caches in front of the classifiers (DESIGN.md §8).
+
+The first level is keyed by exact statement text. For PostgreSQL a second level, consulted on an
+exact miss, is keyed by pglast's fingerprint (which ignores constants), so `pgbench -M simple`'s
+ever-changing literals do not pay for a full parse each time. DESIGN.md §8 allows a
+literal-insensitive key only where the verdict cannot depend on a constant, so that level serves
+only single-statement SELECT/INSERT/UPDATE/DELETE/WITH/VALUES/TABLE messages that do not mention
+`set_config` — the one place inside such statements where the classifier reads a constant
+(`set_config('default_transaction_read_only', 'off', …)`). Statements like `SET x = off`,
+`EXPLAIN (ANALYZE false)` or `BEGIN READ WRITE` never reach it. Equal fingerprints mean equal
+statement structure (statement types, relation and function names, clauses), so a verdict
+computed for one text holds for every text in its class.
+
+Texts longer than `MAX_CACHED_TEXT` are classified every time, so the caches' memory stays bounded.
+To cache another dialect: `classify_mysql_cached = CachedClassifier(mysql.classify)`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable
+
+from pglast.parser import ParseError, fingerprint
+
+from policies import pg
+from policies.types import Classification
+
+CACHE_SIZE = 10_000
+MAX_CACHED_TEXT = 8 * 1024  # characters
+
+
+class CachedClassifier:
+    """A classifier behind an LRU by exact text; `cache_info()` reports hits, misses and size."""
+
+    __slots__ = ("_cached", "_classify", "_max_text")
+
+    def __init__(
+        self,
+        classify: Callable[[str], Classification],
+        maxsize: int = CACHE_SIZE,
+        max_text: int = MAX_CACHED_TEXT,
+    ) -> None:
+        self._classify = classify
+        self._cached = functools.lru_cache(maxsize=maxsize)(classify)
+        self._max_text = max_text
+
+    def __call__(self, sql: str) -> Classification:
+        if len(sql) > self._max_text:
+            return self._classify(sql)
+        return self._cached(sql)
+
+    def cache_info(self) -> functools._CacheInfo:
+        return self._cached.cache_info()
+
+    def cache_clear(self) -> None:
+        self._cached.cache_clear()
+
+
+_CONSTANT_FREE_HEADS = ("select", "insert", "update", "delete", "with", "values", "table")
+
+
+class FingerprintLevel:
+    """The second-level PostgreSQL cache described in the module docstring."""
+
+    __slots__ = ("_entries", "_maxsize", "hits", "misses")
+
+    def __init__(self, maxsize: int = CACHE_SIZE) -> None:
+        self._entries: OrderedDict[str, Classification] = OrderedDict()
+        self._maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def eligible(sql: str) -> bool:
+        head = sql.lstrip()[:6].lower()
+        return head.startswith(_CONSTANT_FREE_HEADS) and "\x00" not in sql and "set_config" not in sql.lower()
+
+    def classify(self, sql: str) -> Classification:
+        if not self.eligible(sql):
+            return pg.classify(sql)
+        try:
+            key = fingerprint(sql)
+        except (ParseError, UnicodeError):
+            return pg.classify(sql)
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return found
+        self.misses += 1
+        result = pg.classify(sql)
+        if result.statements == 1:
+            self._entries[key] = result
+            if len(self._entries) > self._maxsize:
+                self._entries.popitem(last=False)
+        return result
+
+
+pg_fingerprint_level = FingerprintLevel()
+classify_pg_cached = CachedClassifier(pg_fingerprint_level.classify)

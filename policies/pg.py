@@ -1,0 +1,760 @@
+"""PostgreSQL statement classification: SQL text in, one `Classification` out (DESIGN.md §3).
+
+Theory of operation
+-------------------
+The text goes through `pglast.parse_sql`, i.e. PostgreSQL's own grammar (libpg_query), never a regex.
+Each top-level statement is classified by the handler registered for its node class in `_HANDLERS`
+(a dict, not an if/elif chain); a statement class with no handler is `unknown` — fail closed, never
+`read`. Most handlers set a base kind and then `_scan` every node below the statement, iteratively
+(no recursion on expression depth), which:
+
+- collects tables: every `RangeVar`, schema-qualified as written, minus unqualified CTE names;
+- raises the kind for what hides inside expressions: data-modifying CTEs at any depth, `SELECT … INTO`,
+  `FOR UPDATE/SHARE`, and calls of guarded functions (`_FUNCTIONS`, `_FUNCTION_PREFIXES`,
+  `set_config()`), matched on the function's unqualified name whatever its schema (a user function
+  that shadows one of these names is flagged too: erring strict);
+- classifies any other statement node nested inside (CREATE SCHEMA elements, rule actions, function
+  bodies, ALTER … SET) with its own handler and keeps the stricter result.
+
+Wrappers (EXPLAIN, PREPARE, DECLARE CURSOR, COPY (query), CREATE TABLE AS) classify their inner
+statement first and then decide what it means for the wrapper. Kinds combine by `STRICTNESS`; inside
+the zero class, session > transaction > read, so a SELECT calling `set_config()` says `session`. A
+multi-statement message takes its strictest statement's kind and reason (first one on ties).
+
+Deliberate choices
+------------------
+- `SELECT … FOR UPDATE/SHARE/…` (anywhere in the query) is a write: it takes row locks and fails in
+  a read-only transaction anyway.
+- `SELECT … INTO` is a write (DESIGN lists it); `CREATE TABLE AS` and `CREATE MATERIALIZED VIEW` are
+  ddl, so `block_ddl` and DDL approval counts apply to them.
+- `EXPLAIN` without ANALYZE runs nothing, so it is a read whatever it explains (including data-modifying
+  CTEs and `EXECUTE`); only a privileged inner statement stays privileged. With ANALYZE (`ANALYZE`,
+  `ANALYZE true/on/1`, anything but an explicit false) it takes the inner statement's kind.
+- `RESET ALL`, `RESET`/`SET … TO DEFAULT`/`FROM CURRENT` of any setting are session: QueryBase sets
+  `default_transaction_read_only` in the upstream startup packet, which is the value RESET restores,
+  and asyncpg's pool reset sends `RESET ALL`.
+- `SET ROLE NONE`, `RESET ROLE` and `SET SESSION AUTHORIZATION DEFAULT` return to the login role and
+  cannot raise privileges: session (Metabase sends `SET ROLE NONE`). Any other role is privileged.
+- `default_transaction_read_only`/`transaction_read_only` set to a value that PostgreSQL's `parse_bool`
+  reads as true is session; anything else (false spellings, non-constants, lists, garbage that would
+  error) is privileged. Same for `READ ONLY`/`READ WRITE` in BEGIN, START, SET TRANSACTION and
+  SET SESSION CHARACTERISTICS. `set_config()` of those settings, of `role`/`session_authorization`,
+  or with a non-constant setting name is privileged; of any other setting, session.
+- Two-phase commit (`PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`) is a write: it
+  makes or settles durable transaction state outside the session.
+- `CREATE EXTENSION`/`ALTER EXTENSION` are privileged: extensions install code (dblink, adminpack,
+  untrusted languages). `CREATE TABLESPACE` (a server directory), `CHECKPOINT`, `LOAD`, `ALTER SYSTEM`,
+  GRANT/REVOKE (of privileges and roles), `ALTER DEFAULT PRIVILEGES`, role management and
+  `REASSIGN/DROP OWNED` are privileged too.
+- COPY to or from a server file or PROGRAM is privileged; `COPY … FROM STDIN` is a write with
+  `copy_from_stdin`; `COPY … TO STDOUT` takes the kind of its relation/query (a read, unless the query is
+  a data-modifying statement with RETURNING).
+- `CLOSE name`, FETCH and MOVE are reads; `CLOSE ALL` is session.
+- SQL `EXECUTE` is unknown with `executes` set; its arguments are still scanned (a guarded function in
+  them raises the kind). `prepares`/`executes` are only reported for a single-statement message: for a
+  multi-statement one the session cannot substitute a recorded kind without lowering the others, so it
+  stays unknown (held or denied).
+- Constants are read through casts to text/varchar only: a cast to another type (say, a user type with
+  its own output function) could change the value, so the argument counts as non-constant.
+- `tables` drops every unqualified name that matches a CTE of the same statement, even where the name
+  (inside that CTE's own body) means the real table: it is for people to read, not for policy.
+- Text with a NUL byte is unknown: libpg_query would stop reading at the NUL, so the parser would not
+  see what follows it.
+- User-defined functions are not known to write; the read-only upstream session is the backstop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pglast import ast, enums, parse_sql
+from pglast.parser import ParseError
+
+from policies.types import STRICTNESS, Classification, Kind
+
+# Inside STRICTNESS's zero class, the kind that tells the session more wins.
+_TIE_BREAK = {Kind.READ: 0, Kind.TRANSACTION: 1, Kind.SESSION: 2}
+_RANK = {kind: STRICTNESS[kind] * 10 + _TIE_BREAK.get(kind, 0) for kind in Kind}
+
+
+class _Facts:
+    """What one statement (and everything nested in it) does: the mutable accumulator of a classification."""
+
+    __slots__ = ("copy_from_stdin", "ctes", "executes", "kind", "prepares", "reason", "tables")
+
+    def __init__(self) -> None:
+        self.kind = Kind.READ
+        self.reason = ""
+        self.tables: set[str] = set()
+        self.ctes: set[str] = set()
+        self.prepares: str | None = None
+        self.executes: str | None = None
+        self.copy_from_stdin = False
+
+    def note(self, kind: Kind, reason: str) -> None:
+        """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
+        if _RANK[kind] > _RANK[self.kind]:
+            self.kind = kind
+            self.reason = reason
+
+    def absorb(self, other: _Facts) -> None:
+        """Take in a nested statement's facts; the stricter kind wins."""
+        self.note(other.kind, other.reason)
+        self.tables |= other.tables
+        self.ctes |= other.ctes
+
+
+# --- constants and booleans -------------------------------------------------------------------------
+
+
+# Casts that cannot turn a constant into a different setting value (others, e.g. to a user type with
+# its own output function, could: a constant behind them is treated as unknown).
+_TEXT_TYPES = frozenset({"text", "varchar"})
+
+
+def _type_name(node: ast.TypeCast) -> str:
+    names = node.typeName.names if node.typeName is not None else None
+    last = names[-1] if names else None
+    return (last.sval or "") if isinstance(last, ast.String) else ""
+
+
+def _const(node: object) -> str | None:
+    """The text of a constant (through text casts), as PostgreSQL hands it to a setting; else None."""
+    while isinstance(node, ast.TypeCast) and _type_name(node) in _TEXT_TYPES:
+        node = node.arg
+    if not isinstance(node, ast.A_Const) or node.isnull:
+        return None
+    val = node.val
+    if isinstance(val, ast.String):
+        return val.sval
+    if isinstance(val, ast.Integer):
+        return str(val.ival)
+    if isinstance(val, ast.Float):
+        return val.fval
+    if isinstance(val, ast.Boolean):
+        return "true" if val.boolval else "false"
+    return None
+
+
+def _pg_bool(text: str | None) -> bool | None:
+    """PostgreSQL's `parse_bool`: case-insensitive prefixes of true/false/yes/no, on/off (two letters
+    at least), 1/0. None when PostgreSQL would reject the value."""
+    if not text:
+        return None
+    low = text.lower()
+    if "true".startswith(low) or "yes".startswith(low):
+        return True
+    if "false".startswith(low) or "no".startswith(low):
+        return False
+    if len(low) >= 2 and "on".startswith(low):
+        return True
+    if len(low) >= 2 and "off".startswith(low):
+        return False
+    return {"1": True, "0": False}.get(low)
+
+
+def _all_true(args: Iterable[object] | None) -> bool:
+    values = list(args or ())
+    return len(values) == 1 and _pg_bool(_const(values[0])) is True
+
+
+def _lifts_read_only(options: Iterable[object] | None) -> bool:
+    """Whether transaction options (BEGIN, SET TRANSACTION, …) ask for anything but READ ONLY."""
+    for option in options or ():
+        if (
+            isinstance(option, ast.DefElem)
+            and option.defname == "transaction_read_only"
+            and _pg_bool(_const(option.arg)) is not True
+        ):
+            return True
+    return False
+
+
+def _relation_name(node: ast.RangeVar) -> str:
+    return ".".join(part for part in (node.catalogname, node.schemaname, node.relname) if part)
+
+
+# --- guarded functions ------------------------------------------------------------------------------
+
+_PRIVILEGED_FUNCTIONS = (
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_file",
+    "pg_ls_dir",
+    "pg_file_write",
+    "pg_file_rename",
+    "pg_file_unlink",
+    "pg_file_sync",
+    "pg_logdir_ls",
+    "lo_import",
+    "lo_export",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_switch_xlog",
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
+    "pg_create_restore_point",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_replication_slot_advance",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_get_binary_changes",
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+    "pg_replication_origin_advance",
+    "pg_replication_origin_session_setup",
+    "pg_log_backend_memory_contexts",
+    "pg_import_system_collations",
+)
+
+_WRITE_FUNCTIONS = (
+    "nextval",
+    "setval",
+    "pg_notify",
+    "lo_from_bytea",
+    "lo_put",
+    "lo_create",
+    "lo_creat",
+    "lo_unlink",
+    "lowrite",
+    "lo_truncate",
+    "lo_truncate64",
+)
+
+_FUNCTIONS: dict[str, tuple[Kind, str]] = {
+    **{name: (Kind.PRIVILEGED, "reaches the server's files or processes") for name in _PRIVILEGED_FUNCTIONS},
+    **{name: (Kind.WRITE, "writes") for name in _WRITE_FUNCTIONS},
+    # They run SQL given as text, which the classifier cannot see.
+    **{
+        name: (Kind.UNKNOWN, "runs SQL text the classifier cannot see")
+        for name in ("query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml")
+    },
+}
+
+_FUNCTION_PREFIXES: tuple[tuple[str, Kind, str], ...] = (
+    ("pg_ls_", Kind.PRIVILEGED, "lists server directories"),
+    ("dblink", Kind.PRIVILEGED, "connects to other servers"),
+    ("pg_stat_reset", Kind.PRIVILEGED, "resets server statistics"),
+    ("pg_advisory", Kind.SESSION, "takes or releases advisory locks"),
+    ("pg_try_advisory", Kind.SESSION, "takes advisory locks"),
+)
+
+_READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+_IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
+
+
+def _check_function(node: ast.FuncCall, facts: _Facts) -> None:
+    names = node.funcname or ()
+    last = names[-1] if names else None
+    if not isinstance(last, ast.String):
+        return
+    name = (last.sval or "").lower()
+    if name == "set_config":
+        _check_set_config(node.args or (), facts)
+        return
+    if name in _FUNCTIONS:
+        kind, why = _FUNCTIONS[name]
+        facts.note(kind, f"{name}() {why}")
+        return
+    for prefix, kind, why in _FUNCTION_PREFIXES:
+        if name.startswith(prefix):
+            facts.note(kind, f"{name}() {why}")
+            return
+
+
+def _check_set_config(args: tuple[Any, ...], facts: _Facts) -> None:
+    setting = _const(args[0]) if args else None
+    if setting is None:
+        facts.note(Kind.PRIVILEGED, "set_config() with a setting name that is not a constant")
+        return
+    setting = setting.lower()  # setting names are case-insensitive
+    if setting in _READ_ONLY_SETTINGS:
+        if len(args) > 1 and _pg_bool(_const(args[1])) is True:
+            facts.note(Kind.SESSION, f"set_config({setting})")
+        else:
+            facts.note(Kind.PRIVILEGED, f"set_config({setting}) can lift the read-only backstop")
+    elif setting in _IDENTITY_SETTINGS:
+        facts.note(Kind.PRIVILEGED, f"set_config({setting}) changes who the session is")
+    else:
+        facts.note(Kind.SESSION, f"set_config({setting})")
+
+
+# --- the walk ---------------------------------------------------------------------------------------
+
+_DML = {ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt}
+_STATEMENT_CLASSES = frozenset(
+    cls
+    for name, cls in vars(ast).items()
+    if name.endswith("Stmt") and isinstance(cls, type) and issubclass(cls, ast.Node)
+)
+_LOCK_STRENGTH = {
+    enums.LockClauseStrength.LCS_FORKEYSHARE: "FOR KEY SHARE",
+    enums.LockClauseStrength.LCS_FORSHARE: "FOR SHARE",
+    enums.LockClauseStrength.LCS_FORNOKEYUPDATE: "FOR NO KEY UPDATE",
+    enums.LockClauseStrength.LCS_FORUPDATE: "FOR UPDATE",
+}
+
+
+def _children(node: ast.Node, skip: Iterable[str] = ()) -> list[object]:
+    skipped = set(skip)
+    return [getattr(node, name) for name in node if name not in skipped]
+
+
+def _check_select(node: ast.SelectStmt, facts: _Facts) -> None:
+    if node.intoClause is not None:
+        facts.note(Kind.WRITE, "SELECT INTO creates a table")
+    for clause in node.lockingClause or ():
+        strength = _LOCK_STRENGTH.get(clause.strength, "FOR UPDATE/SHARE")
+        facts.note(Kind.WRITE, f"SELECT … {strength} takes row locks")
+
+
+def _visit_range_var(node: ast.RangeVar, facts: _Facts) -> bool:
+    facts.tables.add(_relation_name(node))
+    return True  # nothing below a RangeVar but its alias
+
+
+def _visit_function(node: ast.FuncCall, facts: _Facts) -> bool:
+    _check_function(node, facts)
+    return False
+
+
+def _visit_cte(node: ast.CommonTableExpr, facts: _Facts) -> bool:
+    if node.ctename:
+        facts.ctes.add(node.ctename)
+    return False
+
+
+def _visit_select(node: ast.SelectStmt, facts: _Facts) -> bool:
+    _check_select(node, facts)
+    return False
+
+
+def _visit_dml(node: ast.Node, facts: _Facts) -> bool:
+    facts.note(Kind.WRITE, "data-modifying CTE")
+    return False
+
+
+def _visit_statement(node: ast.Node, facts: _Facts) -> bool:
+    facts.absorb(_statement(node))
+    return True  # its handler has walked it
+
+
+# What `_scan` does on meeting a node of these classes; True means "do not descend".
+_VISITORS: dict[type, Callable[[Any, _Facts], bool]] = {
+    **dict.fromkeys(_STATEMENT_CLASSES, _visit_statement),
+    **dict.fromkeys(_DML, _visit_dml),
+    ast.SelectStmt: _visit_select,
+    ast.RangeVar: _visit_range_var,
+    ast.FuncCall: _visit_function,
+    ast.CommonTableExpr: _visit_cte,
+}
+
+
+def _scan(items: Iterable[object], facts: _Facts) -> None:
+    """Walk every node below a statement (iteratively), collecting tables and raising the kind."""
+    stack = [item for item in items if isinstance(item, (ast.Node, tuple))]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            stack.extend(value for value in item if isinstance(value, (ast.Node, tuple)))
+            continue
+        visit = _VISITORS.get(type(item))
+        if visit is not None and visit(item, facts):
+            continue
+        for name in item:
+            value = getattr(item, name)
+            if isinstance(value, (ast.Node, tuple)):
+                stack.append(value)
+
+
+# --- statement handlers -----------------------------------------------------------------------------
+
+_Handler = Callable[[Any, _Facts], None]
+
+
+def _statement(node: ast.Node | None) -> _Facts:
+    facts = _Facts()
+    handler = _HANDLERS.get(type(node))
+    if handler is None:
+        facts.note(Kind.UNKNOWN, f"unrecognised statement {type(node).__name__}")
+    else:
+        handler(node, facts)
+    return facts
+
+
+def _fixed(kind: Kind, reason: str | Callable[[Any], str]) -> _Handler:
+    """A handler for statements whose kind does not depend on their content (beyond what `_scan` finds)."""
+
+    def handle(node: Any, facts: _Facts) -> None:
+        facts.note(kind, reason(node) if callable(reason) else reason)
+        _scan(_children(node), facts)
+
+    return handle
+
+
+def _select(node: ast.SelectStmt, facts: _Facts) -> None:
+    _check_select(node, facts)
+    _scan(_children(node), facts)
+
+
+def _explain_analyzes(options: Iterable[object] | None) -> bool:
+    """Whether EXPLAIN runs the statement: ANALYZE with no value or anything but an explicit false."""
+    for option in options or ():
+        if isinstance(option, ast.DefElem) and option.defname == "analyze":
+            arg = option.arg
+            if isinstance(arg, ast.Integer):
+                value = str(arg.ival)
+            elif isinstance(arg, ast.Boolean):
+                value = "true" if arg.boolval else "false"
+            else:
+                value = getattr(arg, "sval", "true") if arg is not None else "true"
+            if str(value).lower() not in {"false", "off", "0"}:
+                return True
+    return False
+
+
+def _explain(node: ast.ExplainStmt, facts: _Facts) -> None:
+    inner = _statement(node.query)
+    facts.tables |= inner.tables
+    facts.ctes |= inner.ctes
+    if _explain_analyzes(node.options):
+        facts.note(inner.kind, f"EXPLAIN ANALYZE {inner.reason}" if inner.reason else "")
+        facts.executes = inner.executes
+    elif inner.kind is Kind.PRIVILEGED:
+        facts.note(inner.kind, inner.reason)
+
+
+def _prepare(node: ast.PrepareStmt, facts: _Facts) -> None:
+    facts.absorb(_statement(node.query))
+    facts.prepares = node.name
+
+
+def _execute(node: ast.ExecuteStmt, facts: _Facts) -> None:
+    facts.note(Kind.UNKNOWN, f"EXECUTE {node.name}: what it runs was recorded at PREPARE")
+    facts.executes = node.name
+    _scan(_children(node), facts)
+
+
+def _declare_cursor(node: ast.DeclareCursorStmt, facts: _Facts) -> None:
+    facts.absorb(_statement(node.query))
+
+
+def _copy(node: ast.CopyStmt, facts: _Facts) -> None:
+    direction = "FROM" if node.is_from else "TO"
+    if node.is_program:
+        facts.note(Kind.PRIVILEGED, f"COPY {direction} PROGRAM runs a server process")
+    elif node.filename is not None:
+        facts.note(Kind.PRIVILEGED, f"COPY {direction} a server file")
+    elif node.is_from:
+        facts.note(Kind.WRITE, "COPY FROM")
+        facts.copy_from_stdin = True
+    if node.query is not None:
+        facts.absorb(_statement(node.query))
+    _scan(_children(node, skip=("query",)), facts)
+
+
+def _create_table_as(node: ast.CreateTableAsStmt, facts: _Facts) -> None:
+    is_matview = node.objtype == enums.ObjectType.OBJECT_MATVIEW
+    facts.note(Kind.DDL, "CREATE MATERIALIZED VIEW" if is_matview else "CREATE TABLE AS")
+    query = node.query
+    if isinstance(query, ast.ExecuteStmt):
+        _scan(_children(query), facts)  # what EXECUTE runs is a preparable query: ddl covers it
+    else:
+        facts.absorb(_statement(query))
+    _scan(_children(node, skip=("query",)), facts)
+
+
+def _set_multi(node: ast.VariableSetStmt, facts: _Facts) -> None:
+    name = node.name or ""
+    if name == "TRANSACTION SNAPSHOT":
+        facts.note(Kind.TRANSACTION, "SET TRANSACTION SNAPSHOT")
+        return
+    label = "SET TRANSACTION" if name == "TRANSACTION" else "SET SESSION CHARACTERISTICS AS TRANSACTION"
+    if _lifts_read_only(node.args):
+        facts.note(Kind.PRIVILEGED, f"{label} READ WRITE lifts the read-only backstop")
+    elif name == "TRANSACTION":
+        facts.note(Kind.TRANSACTION, label)
+    elif name == "SESSION CHARACTERISTICS":
+        facts.note(Kind.SESSION, label)
+    else:
+        facts.note(Kind.UNKNOWN, f"unrecognised SET {name}")
+
+
+def _variable_set(node: ast.VariableSetStmt, facts: _Facts) -> None:
+    kind = node.kind
+    name = (node.name or "").lower()  # setting names are case-insensitive, even quoted
+    if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        facts.note(Kind.SESSION, "RESET ALL")
+    elif kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
+        facts.note(Kind.SESSION, f"RESET {name}")
+    elif kind == enums.VariableSetKind.VAR_SET_CURRENT:
+        facts.note(Kind.SESSION, f"SET {name} FROM CURRENT")
+    elif kind == enums.VariableSetKind.VAR_SET_MULTI:
+        _set_multi(node, facts)
+    elif kind != enums.VariableSetKind.VAR_SET_VALUE:
+        facts.note(Kind.UNKNOWN, f"unrecognised SET form {kind}")
+    elif name in _READ_ONLY_SETTINGS:
+        if _all_true(node.args):
+            facts.note(Kind.SESSION, f"SET {name} on")
+        else:
+            facts.note(Kind.PRIVILEGED, f"SET {name} off lifts the read-only backstop")
+    elif name == "role":
+        # PostgreSQL compares the value with "none" case-sensitively: SET ROLE 'NONE' names a role.
+        args = node.args or ()
+        if len(args) == 1 and _const(args[0]) == "none":
+            facts.note(Kind.SESSION, "SET ROLE NONE")
+        else:
+            facts.note(Kind.PRIVILEGED, "SET ROLE changes who the session is")
+    elif name == "session_authorization":
+        facts.note(Kind.PRIVILEGED, "SET SESSION AUTHORIZATION changes who the session is")
+    else:
+        facts.note(Kind.SESSION, f"SET {name}")
+
+
+_TRANSACTION_LABELS = {
+    enums.TransactionStmtKind.TRANS_STMT_BEGIN: "BEGIN",
+    enums.TransactionStmtKind.TRANS_STMT_START: "START TRANSACTION",
+    enums.TransactionStmtKind.TRANS_STMT_COMMIT: "COMMIT",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK: "ROLLBACK",
+    enums.TransactionStmtKind.TRANS_STMT_SAVEPOINT: "SAVEPOINT",
+    enums.TransactionStmtKind.TRANS_STMT_RELEASE: "RELEASE",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_TO: "ROLLBACK TO SAVEPOINT",
+}
+_TWO_PHASE_LABELS = {
+    enums.TransactionStmtKind.TRANS_STMT_PREPARE: "PREPARE TRANSACTION",
+    enums.TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED: "COMMIT PREPARED",
+    enums.TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED: "ROLLBACK PREPARED",
+}
+
+
+def _transaction(node: ast.TransactionStmt, facts: _Facts) -> None:
+    kind = node.kind
+    if kind in _TWO_PHASE_LABELS:
+        facts.note(Kind.WRITE, f"{_TWO_PHASE_LABELS[kind]} (two-phase commit)")
+    elif kind not in _TRANSACTION_LABELS:
+        facts.note(Kind.UNKNOWN, f"unrecognised transaction statement {kind}")
+    elif _lifts_read_only(node.options):
+        facts.note(Kind.PRIVILEGED, f"{_TRANSACTION_LABELS[kind]} READ WRITE lifts the read-only backstop")
+    else:
+        facts.note(Kind.TRANSACTION, _TRANSACTION_LABELS[kind])
+
+
+def _close(node: ast.ClosePortalStmt, facts: _Facts) -> None:
+    if node.portalname is None:
+        facts.note(Kind.SESSION, "CLOSE ALL")
+
+
+def _object_type(value: Any) -> str:
+    """`ObjectType.OBJECT_MATVIEW` → "MATVIEW": enough to tell people what a DDL statement touches."""
+    name = getattr(value, "name", "")
+    return name.removeprefix("OBJECT_").replace("_", " ") if isinstance(name, str) else ""
+
+
+def _grant(node: Any) -> str:
+    return "GRANT" if node.is_grant else "REVOKE"
+
+
+_READ = _fixed(Kind.READ, "")
+
+_HANDLERS: dict[type, _Handler] = {
+    # reads
+    ast.SelectStmt: _select,
+    ast.VariableShowStmt: _READ,
+    ast.FetchStmt: _READ,
+    ast.ReturnStmt: _READ,  # only inside CREATE FUNCTION … RETURN
+    ast.ClosePortalStmt: _close,
+    # wrappers
+    ast.ExplainStmt: _explain,
+    ast.PrepareStmt: _prepare,
+    ast.ExecuteStmt: _execute,
+    ast.DeclareCursorStmt: _declare_cursor,
+    ast.CopyStmt: _copy,
+    ast.CreateTableAsStmt: _create_table_as,
+    # writes
+    ast.InsertStmt: _fixed(Kind.WRITE, "INSERT"),
+    ast.UpdateStmt: _fixed(Kind.WRITE, "UPDATE"),
+    ast.DeleteStmt: _fixed(Kind.WRITE, "DELETE"),
+    ast.MergeStmt: _fixed(Kind.WRITE, "MERGE"),
+    ast.CallStmt: _fixed(Kind.WRITE, "CALL"),
+    ast.DoStmt: _fixed(Kind.WRITE, "DO"),
+    ast.TruncateStmt: _fixed(Kind.WRITE, "TRUNCATE"),
+    ast.LockStmt: _fixed(Kind.WRITE, "LOCK"),
+    ast.VacuumStmt: _fixed(Kind.WRITE, lambda node: "VACUUM" if node.is_vacuumcmd else "ANALYZE"),
+    ast.ClusterStmt: _fixed(Kind.WRITE, "CLUSTER"),
+    ast.ReindexStmt: _fixed(Kind.WRITE, "REINDEX"),
+    ast.RefreshMatViewStmt: _fixed(Kind.WRITE, "REFRESH MATERIALIZED VIEW"),
+    ast.NotifyStmt: _fixed(Kind.WRITE, "NOTIFY"),
+    # transaction and session
+    ast.TransactionStmt: _transaction,
+    ast.ConstraintsSetStmt: _fixed(Kind.TRANSACTION, "SET CONSTRAINTS"),
+    ast.VariableSetStmt: _variable_set,
+    ast.DiscardStmt: _fixed(Kind.SESSION, "DISCARD"),
+    ast.DeallocateStmt: _fixed(Kind.SESSION, "DEALLOCATE"),
+    ast.ListenStmt: _fixed(Kind.SESSION, "LISTEN"),
+    ast.UnlistenStmt: _fixed(Kind.SESSION, "UNLISTEN"),
+    # privileged
+    ast.GrantStmt: _fixed(Kind.PRIVILEGED, _grant),
+    ast.GrantRoleStmt: _fixed(Kind.PRIVILEGED, _grant),
+    ast.AlterDefaultPrivilegesStmt: _fixed(Kind.PRIVILEGED, "ALTER DEFAULT PRIVILEGES"),
+    ast.AlterSystemStmt: _fixed(Kind.PRIVILEGED, "ALTER SYSTEM"),
+    ast.CreateRoleStmt: _fixed(Kind.PRIVILEGED, "CREATE ROLE"),
+    ast.AlterRoleStmt: _fixed(Kind.PRIVILEGED, "ALTER ROLE"),
+    ast.AlterRoleSetStmt: _fixed(Kind.PRIVILEGED, "ALTER ROLE … SET"),
+    ast.DropRoleStmt: _fixed(Kind.PRIVILEGED, "DROP ROLE"),
+    ast.ReassignOwnedStmt: _fixed(Kind.PRIVILEGED, "REASSIGN OWNED"),
+    ast.DropOwnedStmt: _fixed(Kind.PRIVILEGED, "DROP OWNED"),
+    ast.LoadStmt: _fixed(Kind.PRIVILEGED, "LOAD loads a server library"),
+    ast.CreateExtensionStmt: _fixed(Kind.PRIVILEGED, "CREATE EXTENSION installs code"),
+    ast.AlterExtensionStmt: _fixed(Kind.PRIVILEGED, "ALTER EXTENSION runs its scripts"),
+    ast.AlterExtensionContentsStmt: _fixed(Kind.PRIVILEGED, "ALTER EXTENSION … ADD/DROP"),
+    ast.CreateTableSpaceStmt: _fixed(Kind.PRIVILEGED, "CREATE TABLESPACE uses a server directory"),
+    ast.CheckPointStmt: _fixed(Kind.PRIVILEGED, "CHECKPOINT"),
+    # ddl with a better name than the generic one below
+    ast.CreateStmt: _fixed(Kind.DDL, "CREATE TABLE"),
+    ast.IndexStmt: _fixed(Kind.DDL, "CREATE INDEX"),
+    ast.ViewStmt: _fixed(Kind.DDL, "CREATE VIEW"),
+    ast.CreatedbStmt: _fixed(Kind.DDL, "CREATE DATABASE"),
+    ast.DropdbStmt: _fixed(Kind.DDL, "DROP DATABASE"),
+    ast.CommentStmt: _fixed(Kind.DDL, "COMMENT"),
+    ast.SecLabelStmt: _fixed(Kind.DDL, "SECURITY LABEL"),
+    ast.RuleStmt: _fixed(Kind.DDL, "CREATE RULE"),
+    ast.DefineStmt: _fixed(Kind.DDL, lambda node: f"CREATE {_object_type(node.kind)}"),
+    ast.DropStmt: _fixed(Kind.DDL, lambda node: f"DROP {_object_type(node.removeType)}"),
+    ast.AlterTableStmt: _fixed(Kind.DDL, lambda node: f"ALTER {_object_type(node.objtype)}"),
+    ast.RenameStmt: _fixed(Kind.DDL, lambda node: f"ALTER {_object_type(node.renameType)} … RENAME"),
+}
+
+_DDL_STATEMENTS = (
+    ast.AlterCollationStmt,
+    ast.AlterDatabaseRefreshCollStmt,
+    ast.AlterDatabaseSetStmt,
+    ast.AlterDatabaseStmt,
+    ast.AlterDomainStmt,
+    ast.AlterEnumStmt,
+    ast.AlterEventTrigStmt,
+    ast.AlterFdwStmt,
+    ast.AlterForeignServerStmt,
+    ast.AlterFunctionStmt,
+    ast.AlterObjectDependsStmt,
+    ast.AlterObjectSchemaStmt,
+    ast.AlterOpFamilyStmt,
+    ast.AlterOperatorStmt,
+    ast.AlterOwnerStmt,
+    ast.AlterPolicyStmt,
+    ast.AlterPublicationStmt,
+    ast.AlterSeqStmt,
+    ast.AlterStatsStmt,
+    ast.AlterSubscriptionStmt,
+    ast.AlterTSConfigurationStmt,
+    ast.AlterTSDictionaryStmt,
+    ast.AlterTableMoveAllStmt,
+    ast.AlterTableSpaceOptionsStmt,
+    ast.AlterTypeStmt,
+    ast.AlterUserMappingStmt,
+    ast.CompositeTypeStmt,
+    ast.CreateAmStmt,
+    ast.CreateCastStmt,
+    ast.CreateConversionStmt,
+    ast.CreateDomainStmt,
+    ast.CreateEnumStmt,
+    ast.CreateEventTrigStmt,
+    ast.CreateFdwStmt,
+    ast.CreateForeignServerStmt,
+    ast.CreateForeignTableStmt,
+    ast.CreateFunctionStmt,
+    ast.CreateOpClassStmt,
+    ast.CreateOpFamilyStmt,
+    ast.CreatePLangStmt,
+    ast.CreatePolicyStmt,
+    ast.CreatePublicationStmt,
+    ast.CreateRangeStmt,
+    ast.CreateSchemaStmt,
+    ast.CreateSeqStmt,
+    ast.CreateStatsStmt,
+    ast.CreateSubscriptionStmt,
+    ast.CreateTransformStmt,
+    ast.CreateTrigStmt,
+    ast.CreateUserMappingStmt,
+    ast.DropSubscriptionStmt,
+    ast.DropTableSpaceStmt,
+    ast.DropUserMappingStmt,
+    ast.ImportForeignSchemaStmt,
+    ast.ReplicaIdentityStmt,
+)
+
+
+def _ddl_label(class_name: str) -> str:
+    """`CreateForeignTableStmt` → "CREATE FOREIGN TABLE" (a readable label from the node class name)."""
+    label = ""
+    for previous, char in zip(" " + class_name, class_name.removesuffix("Stmt"), strict=False):
+        label += " " + char if char.isupper() and previous.islower() else char
+    return label.upper()
+
+
+for _cls in _DDL_STATEMENTS:
+    _HANDLERS[_cls] = _fixed(Kind.DDL, _ddl_label(_cls.__name__))
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "parse error"
+
+
+def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
+    strictest: _Facts | None = None
+    tables: set[str] = set()
+    copy_from_stdin = False
+    for raw in statements:
+        facts = _statement(raw.stmt)
+        tables |= {table for table in facts.tables if table not in facts.ctes}
+        copy_from_stdin = copy_from_stdin or facts.copy_from_stdin
+        if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
+            strictest = facts
+    assert strictest is not None
+    single = len(statements) == 1
+    return Classification(
+        kind=strictest.kind,
+        tables=tuple(sorted(tables)),
+        statements=len(statements),
+        reason=strictest.reason,
+        prepares=strictest.prepares if single else None,
+        executes=strictest.executes if single else None,
+        copy_from_stdin=copy_from_stdin,
+    )
+
+
+def classify(sql: str) -> Classification:
+    """Classify one protocol message's SQL text (possibly several statements). Never raises."""
+    if "\x00" in sql:
+        return Classification(kind=Kind.UNKNOWN, reason="statement text contains a NUL byte")
+    try:
+        statements = parse_sql(sql)
+    except ParseError as exc:
+        return Classification(kind=Kind.UNKNOWN, reason=_first_line(str(exc.args[0]) if exc.args else ""))
+    except Exception as exc:  # e.g. lone surrogates cannot be encoded for the parser
+        return Classification(kind=Kind.UNKNOWN, reason=f"cannot parse: {_first_line(str(exc))}")
+    if not statements:
+        return Classification(kind=Kind.READ, statements=0)
+    try:
+        return _classify_statements(statements)
+    except Exception as exc:  # fail closed: a classifier bug must never make a statement a read
+        return Classification(
+            kind=Kind.UNKNOWN,
+            statements=len(statements),
+            reason=f"classifier error: {type(exc).__name__}: {_first_line(str(exc))}",
+        )

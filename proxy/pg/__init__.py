@@ -1,0 +1,1 @@
+"""PostgreSQL front end: sans-IO codec and auth, plus the asyncio session and upstream glue."""

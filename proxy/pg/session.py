@@ -1,0 +1,744 @@
+"""PostgreSQL client sessions: startup, TLS, SCRAM login, then a policy-checked relay to one pooled upstream.
+
+Theory of operation. A session is an `asyncio.Protocol`. Until login completes, a coroutine
+(`_login`) reads whole startup/auth messages. After it, `data_received` frames client messages
+synchronously and acts per message type (`_HANDLERS`): Query and Execute are decided by policy,
+everything else is forwarded. Forwarded messages are gathered and written to the upstream once per
+received chunk; upstream bytes are written to the client as they arrive, scanned only for
+ReadyForQuery (`BackendScanner`), whose count tells when the upstream has answered everything.
+
+Held and denied statements (`_refuse`) run as a task, with client reading paused so later
+messages keep their order:
+- simple Query: nothing goes upstream; once earlier requests are answered the client gets the
+  error and ReadyForQuery;
+- extended Execute: QueryBase sends the upstream a Sync of its own in place of the Execute (so
+  whatever was already forwarded in the batch is answered), drops that Sync's ReadyForQuery,
+  sends the error, and discards the client's messages until its Sync, which it answers itself —
+  what PostgreSQL does after an error in a batch.
+Flow control both ways: when one side's write buffer is full, reading from the other side pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import structlog
+
+from policies.cache import classify_pg_cached
+from policies.decide import decide
+from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
+from proxy.config import Settings
+from proxy.errors import NotFound, QueryBaseError
+from proxy.pg import protocol as pgp
+from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
+from proxy.pg.upstream import UpstreamConnection, UpstreamTarget
+from proxy.pool import Pool
+from proxy.store.catalog import Catalog, SourceCredentials
+from proxy.store.db import Store
+from proxy.store.requests import HeldStatement, create_request
+from proxy.store.verifiers import ScramVerifier
+
+log = structlog.get_logger("querybase.pg")
+
+LOGIN_TIMEOUT = 60.0
+_NOT_FORWARDED_PARAMS = frozenset({"user", "database", "replication"})
+
+
+class LoginFailed(QueryBaseError):
+    sqlstate = "28P01"  # invalid_password
+    code = "login_failed"
+
+
+class AccessDenied(QueryBaseError):
+    sqlstate = "42501"  # insufficient_privilege
+    mysql_errno = 1044  # ER_DBACCESS_DENIED_ERROR
+    code = "forbidden"
+
+
+class UnknownSource(QueryBaseError):
+    sqlstate = "3D000"  # invalid_catalog_name
+    mysql_errno = 1049  # ER_BAD_DB_ERROR
+    code = "unknown_source"
+
+
+class TLSRequired(QueryBaseError):
+    sqlstate = "28000"  # invalid_authorization_specification
+    code = "tls_required"
+
+
+class LoginLimiter:
+    """Failed logins per user and per client address in a sliding window; past the limit, refuse."""
+
+    def __init__(self, per_user: int = 5, per_address: int = 20, window: float = 60.0) -> None:
+        self._limits = {"user": per_user, "address": per_address}
+        self._window = window
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and now - times[0] > self._window:
+            times.popleft()
+        return times
+
+    def check(self, user: str, address: str) -> None:
+        now = time.monotonic()
+        for kind, value in (("user", user), ("address", address)):
+            if len(self._recent((kind, value), now)) >= self._limits[kind]:
+                raise LoginFailed(
+                    f"too many failed logins for this {kind}; try again in {self._window:g} seconds"
+                )
+
+    def failure(self, user: str, address: str) -> None:
+        now = time.monotonic()
+        for key in (("user", user), ("address", address)):
+            self._recent(key, now).append(now)
+        if len(self._failures) > 100_000:  # bound memory under a spray of names
+            self._failures.clear()
+
+
+class PgFrontend:
+    """What all PostgreSQL sessions share: settings, store, pools, cancel keys, login limits."""
+
+    def __init__(
+        self, settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.tls = tls
+        self.cert_hash: bytes | None = None
+        if tls is not None:
+            der = ssl.PEM_cert_to_DER_cert(settings.tls.cert_file.read_text())
+            self.cert_hash = tls_server_end_point(der)
+        self.limiter = LoginLimiter()
+        self.mock_secret = secrets.token_bytes(32)
+        self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
+        self.sessions: dict[tuple[int, bytes], PgSession] = {}
+        self.live: set[PgSession] = set()
+
+    def protocol(self) -> PgSession:
+        return PgSession(self)
+
+    def pool(self, creds: SourceCredentials, role: str) -> Pool[UpstreamConnection]:
+        view = creds.view
+        key = (view.name, role)
+        pool = self.pools.get(key)
+        if pool is None:
+            writer = role == "write" and view.write_user is not None
+            target = UpstreamTarget(
+                source=view.name,
+                host=view.host,
+                port=view.port,
+                database=view.database,
+                user=view.write_user if writer and view.write_user else view.read_user,
+                password=creds.write_password if writer else creds.read_password,
+                tls=view.tls,
+                read_only=role == "read",
+            )
+
+            async def connect(params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
+                return await UpstreamConnection.connect(target, params)
+
+            pool = Pool(
+                f"{view.name}/{role}", connect, size=view.pool_size, timeout=view.pool_timeout_seconds
+            )
+            self.pools[key] = pool
+        return pool
+
+    def new_key(self, session: PgSession) -> tuple[int, bytes]:
+        while True:
+            key = (secrets.randbelow(2**31 - 1) + 1, secrets.token_bytes(4))
+            if key not in self.sessions:
+                self.sessions[key] = session
+                return key
+
+    async def close(self) -> None:
+        for session in list(self.live):
+            session.shutdown()
+        for pool in self.pools.values():
+            await pool.close()
+
+
+@dataclass
+class _Statement:
+    query: str
+    param_types: tuple[int, ...]
+    classification: Classification
+
+
+class PgSession(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, frontend: PgFrontend) -> None:
+        self.f = frontend
+        self.transport: asyncio.Transport | None = None
+        self.reader = pgp.FrontendReader()
+        self.peer = "?"
+        self.user = ""
+        self.source = ""
+        self.level: Level | None = None
+        self.policy = SourcePolicy()
+        self.params: dict[str, str] = {}
+        self.key: tuple[int, bytes] | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.pool: Pool[UpstreamConnection] | None = None
+        self.on_tls = False
+        self.status = b"I"
+        self.log = log
+        # relay state
+        self._ready = False
+        self._out = bytearray()
+        self._pending: deque[bool] = deque()  # one per ReadyForQuery owed by the upstream; True = ours
+        self._drained: asyncio.Future[None] | None = None
+        self._scanner = pgp.BackendScanner()
+        self._carry = b""
+        self._discard = False
+        self._busy = False
+        self._paused: set[str] = set()
+        self._statements: dict[str, _Statement] = {}
+        self._portals: dict[str, tuple[str, bytes]] = {}
+        self._sql_prepared: dict[str, Kind] = {}
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._login_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.log = log.bind(client=self.peer)
+        self.f.live.add(self)
+        self._login_task = asyncio.get_running_loop().create_task(self._login())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+        except pgp.ProtocolViolation as exc:
+            self._fatal(exc)
+            return
+        if self._ready:
+            self._process()
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.f.live.discard(self)
+        if self.key is not None:
+            self.f.sessions.pop(self.key, None)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.upstream is not None and self.pool is not None:
+            upstream, pool, self.upstream = self.upstream, self.pool, None
+            busy = bool(self._pending) or self._busy
+            self._spawn(self._give_back(upstream, pool, busy))
+        if self._ready:
+            self.log.info("disconnected")
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.broken:
+            self.upstream.transport.resume_reading()
+
+    # upstream → this session (UpstreamSink)
+
+    def upstream_data(self, data: bytes) -> None:
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        try:
+            ready, keep = self._scanner.scan(data)
+        except pgp.ProtocolViolation as exc:
+            self._fatal(exc)
+            return
+        if keep:
+            data, self._carry = data[:-keep], data[-keep:]
+        if ready:
+            pieces: list[bytes] = []
+            start = 0
+            for offset, status in ready:
+                self.status = bytes((status,))
+                if self._pending and self._pending.popleft():
+                    pieces.append(data[start:offset])
+                    start = offset + 6
+            if pieces:
+                pieces.append(data[start:])
+                data = b"".join(pieces)
+            if not self._pending and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.log.warning("upstream_lost", source=self.source, error=str(exc) if exc else "EOF")
+        self.transport.write(
+            pgp.make_error("FATAL", "08006", f'connection to the upstream of source "{self.source}" was lost')
+        )
+        self.transport.close()
+
+    def upstream_pause_writing(self) -> None:
+        self._pause("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self._resume("upstream")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def shutdown(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.transport.write(
+                pgp.make_error("FATAL", "57P01", "terminating connection: QueryBase is shutting down")
+            )
+            self.transport.close()
+
+    def _fatal(self, exc: QueryBaseError) -> None:
+        self.log.warning("session_error", sqlstate=exc.sqlstate, error=exc.message)
+        if self.transport is not None and not self._closed:
+            self.transport.write(pgp.make_error("FATAL", exc.sqlstate, exc.message))
+            self.transport.close()
+        self._closed = True
+
+    async def _give_back(
+        self, upstream: UpstreamConnection, pool: Pool[UpstreamConnection], busy: bool
+    ) -> None:
+        if busy and not upstream.broken:
+            await upstream.cancel()  # stop the work a vanished client left running
+        await pool.release(upstream, reusable=not busy)
+
+    # ---------------------------------------------------------------------------------- login
+
+    async def _read(self) -> tuple[bytes, bytes]:
+        while True:
+            msg = self.reader.next()
+            if msg is not None:
+                return msg
+            if self._closed:
+                raise ConnectionResetError
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    async def _login(self) -> None:
+        assert self.transport is not None
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT):
+                startup = await self._negotiate()
+                if startup is None:
+                    return
+                await self._start_session(startup)
+        except ConnectionResetError:
+            return
+        except TimeoutError:
+            self._fatal(pgp.ProtocolViolation("login timed out"))
+        except QueryBaseError as exc:
+            self._fatal(exc)
+        except Exception as exc:  # a bug must end this session only, with a clear line
+            self.log.exception("login_crashed")
+            self._fatal(QueryBaseError(f"internal error during login: {type(exc).__name__}"))
+
+    async def _negotiate(self) -> pgp.StartupMessage | None:
+        assert self.transport is not None
+        for _ in range(3):
+            _, packet = await self._read()
+            request = pgp.parse_startup(packet)
+            if isinstance(request, pgp.SSLRequest):
+                if self.reader.buffered:
+                    raise pgp.ProtocolViolation("bytes received after SSLRequest before the TLS handshake")
+                if self.on_tls or self.f.tls is None or self.f.settings.tls.mode == "disable":
+                    self.transport.write(b"N")
+                    continue
+                self.transport.write(b"S")
+                loop = asyncio.get_running_loop()
+                new = await loop.start_tls(self.transport, self, self.f.tls, server_side=True)
+                self.transport, self.on_tls = cast(asyncio.Transport, new), True
+            elif isinstance(request, pgp.GSSENCRequest):
+                if self.reader.buffered:
+                    raise pgp.ProtocolViolation("bytes received after GSSENCRequest")
+                self.transport.write(b"N")
+            elif isinstance(request, pgp.CancelRequest):
+                self._cancel_other(request)
+                self.transport.close()
+                return None
+            else:
+                return request
+        raise pgp.ProtocolViolation("too many encryption negotiation requests")
+
+    def _cancel_other(self, request: pgp.CancelRequest) -> None:
+        target = self.f.sessions.get((request.pid, request.key))
+        if target is not None:
+            target.cancel_running()
+
+    def cancel_running(self) -> None:
+        """A CancelRequest with this session's key: cancel its upstream statement, if one runs."""
+        if self.upstream is not None and self._pending:
+            self._spawn(self.upstream.cancel())
+
+    async def _start_session(self, startup: pgp.StartupMessage) -> None:
+        assert self.transport is not None
+        self.reader.startup_done()
+        params = dict(startup.params)
+        unsupported = sorted(name for name in params if name.startswith("_pq_."))
+        if startup.version != pgp.PROTOCOL_3_0 or unsupported:
+            self.transport.write(pgp.make_negotiate_protocol_version(pgp.PROTOCOL_3_0, unsupported))
+        for name in unsupported:
+            del params[name]
+        if "replication" in params and params["replication"] not in ("false", "off", "no", "0"):
+            raise pgp.ProtocolViolation("replication connections are not supported through QueryBase")
+        if self.f.settings.tls.mode == "require" and not self.on_tls:
+            raise TLSRequired("QueryBase requires TLS on this port: connect with sslmode=require")
+        user = params.get("user", "")
+        if not user:
+            raise TLSRequired("no PostgreSQL user name specified in startup packet")
+        self.user, self.source = user, params.get("database") or user
+        self.params = params
+        self.log = self.log.bind(user=user, source=self.source)
+        await self._authenticate(user)
+        await self._attach_source()
+
+    async def _authenticate(self, user: str) -> None:
+        assert self.transport is not None
+        self.f.limiter.check(user, self.peer.rpartition(":")[0])
+        login = await self.f.catalog.user_login(user)
+        verifier = (
+            ScramVerifier.decode(login.scram_verifier)
+            if login is not None and login.active
+            else mock_verifier(user, self.f.mock_secret)
+        )
+        binding = self.f.cert_hash if self.on_tls else None
+        self.transport.write(pgp.make_auth_sasl([SCRAM_PLUS, SCRAM] if binding else [SCRAM]))
+        type_byte, body = await self._read()
+        if type_byte != b"p":
+            raise pgp.ProtocolViolation(f"expected SASLInitialResponse, got message type {type_byte!r}")
+        mechanism, first = pgp.parse_sasl_initial(body)
+        exchange = ScramServer(verifier, binding)
+        self.transport.write(pgp.make_auth(pgp.AuthCode.SASL_CONTINUE, exchange.first(mechanism, first)))
+        type_byte, body = await self._read()
+        if type_byte != b"p":
+            raise pgp.ProtocolViolation(f"expected SASLResponse, got message type {type_byte!r}")
+        ok, final = exchange.final(body)
+        if not ok or login is None or not login.active:
+            self.f.limiter.failure(user, self.peer.rpartition(":")[0])
+            reason = "wrong password" if login is not None and login.active else "unknown or disabled user"
+            self.log.info("login_failed", reason=reason)
+            raise LoginFailed(f'password authentication failed for user "{user}"')
+        self.transport.write(pgp.make_auth(pgp.AuthCode.SASL_FINAL, final))
+
+    async def _attach_source(self) -> None:
+        assert self.transport is not None
+        try:
+            creds = await self.f.catalog.source_credentials(self.source)
+        except NotFound:
+            raise UnknownSource(
+                f'database "{self.source}" does not exist (no QueryBase source of that name)'
+            ) from None
+        if creds.view.engine != "postgresql":
+            raise UnknownSource(f'source "{self.source}" is a MySQL source: connect to the MySQL port')
+        level, _ = await self.f.catalog.levels(self.user, self.source)
+        if level is None:
+            raise AccessDenied(
+                f'permission denied for source "{self.source}": user "{self.user}" has no grant on it'
+            )
+        self.level = level
+        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        role = "write" if level is Level.WRITE else "read"
+        upstream_params = tuple(
+            sorted((k, v) for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS)
+        )
+        self.pool = self.f.pool(creds, role)
+        upstream = await self.pool.acquire(upstream_params)
+        if self._closed:
+            await self.pool.release(upstream)
+            return
+        self.upstream = upstream
+        self.status = upstream.status
+        self.key = self.f.new_key(self)
+        hello = bytearray(pgp.make_auth(pgp.AuthCode.OK))
+        for name, value in upstream.parameter_status.items():
+            hello += pgp.make_parameter_status(name, value)
+        hello += pgp.make_backend_key_data(*self.key)
+        hello += pgp.make_ready_for_query(self.status)
+        self.transport.write(hello)
+        upstream.attach(self)
+        self._ready = True
+        self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
+        self._process()
+
+    # ---------------------------------------------------------------------------------- relay
+
+    def _process(self) -> None:
+        """Act on every whole client message received so far (unless a refusal is in progress)."""
+        if self._busy or self._closed:
+            return
+        try:
+            while (msg := self.reader.next_raw()) is not None:
+                type_byte, raw = msg
+                if self._discard:
+                    if type_byte == b"S":
+                        self._discard = False
+                        assert self.transport is not None
+                        self.transport.write(pgp.make_ready_for_query(self.status))
+                    elif type_byte == b"X":
+                        self._terminate()
+                        return
+                    continue
+                handler = _HANDLERS.get(type_byte)
+                if handler is None:
+                    raise pgp.ProtocolViolation(f"invalid frontend message type {type_byte!r}")
+                if handler(self, raw) is _STOP:
+                    break
+        except pgp.ProtocolViolation as exc:
+            self._fatal(exc)
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._out and self.upstream is not None:
+            self.upstream.transport.write(bytes(self._out))
+            self._out.clear()
+
+    def _forward(self, raw: bytes) -> None:
+        self._out += raw
+
+    def _decide(self, c: Classification) -> Verdict:
+        if c.executes is not None:
+            # EXECUTE runs what PREPARE classified; its own arguments may be stricter still.
+            prepared = self._sql_prepared.get(c.executes)
+            if prepared is not None and (c.kind is Kind.UNKNOWN or STRICTNESS[prepared] > STRICTNESS[c.kind]):
+                c = replace(c, kind=prepared)
+        assert self.level is not None
+        return decide(c, self.level, self.policy)
+
+    def _on_query(self, raw: bytes) -> object:
+        sql = pgp.parse_query(raw[5:])
+        c = classify_pg_cached(sql)
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD:
+            if c.prepares is not None:
+                self._sql_prepared[c.prepares] = c.kind
+            self._forward(raw)
+            self._pending.append(False)
+            return None
+        self._refuse(verdict, HeldStatementDraft(sql, c, None, ()), extended=False)
+        return _STOP
+
+    def _on_parse(self, raw: bytes) -> object:
+        parse = pgp.parse_parse(raw[5:])
+        self._statements[parse.statement] = _Statement(
+            parse.query, parse.param_types, classify_pg_cached(parse.query)
+        )
+        self._forward(raw)
+        return None
+
+    def _on_bind(self, raw: bytes) -> object:
+        end_portal = raw.find(b"\x00", 5)
+        end_statement = raw.find(b"\x00", end_portal + 1)
+        if end_portal < 0 or end_statement < 0:
+            raise pgp.ProtocolViolation("malformed Bind message")
+        portal = raw[5:end_portal].decode("utf-8", "replace")
+        statement = raw[end_portal + 1 : end_statement].decode("utf-8", "replace")
+        self._portals[portal] = (statement, raw)
+        self._forward(raw)
+        return None
+
+    def _on_execute(self, raw: bytes) -> object:
+        portal, _ = pgp.parse_execute(raw[5:])
+        bound = self._portals.get(portal)
+        statement = self._statements.get(bound[0]) if bound is not None else None
+        types: tuple[int, ...] = ()
+        if statement is None:
+            c = Classification(Kind.UNKNOWN, reason=f"portal {portal!r} was not bound by this session")
+            text, bind_raw = "", None
+        else:
+            c, text, types = statement.classification, statement.query, statement.param_types
+            bind_raw = bound[1] if bound is not None else None
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD:
+            self._forward(raw)
+            return None
+        self._refuse(verdict, HeldStatementDraft(text, c, bind_raw, types), extended=True)
+        return _STOP
+
+    def _on_sync(self, raw: bytes) -> object:
+        self._forward(raw)
+        self._pending.append(False)
+        return None
+
+    def _on_close(self, raw: bytes) -> object:
+        target, name = pgp.parse_describe_or_close(raw[5:], "Close")
+        (self._statements if target == b"S" else self._portals).pop(name, None)
+        self._forward(raw)
+        return None
+
+    def _on_function_call(self, raw: bytes) -> object:
+        c = Classification(Kind.PRIVILEGED, reason="fast-path function call")
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD:
+            self._forward(raw)
+            self._pending.append(False)
+            return None
+        self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False)
+        return _STOP
+
+    def _on_forward(self, raw: bytes) -> object:
+        self._forward(raw)
+        return None
+
+    def _on_terminate(self, raw: bytes) -> object:
+        self._terminate()
+        return _STOP
+
+    def _on_password(self, raw: bytes) -> object:
+        raise pgp.ProtocolViolation("unexpected password message after login")
+
+    def _terminate(self) -> None:
+        self._flush()
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # ---------------------------------------------------------------------- hold and deny
+
+    def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool) -> None:
+        self._busy = True
+        self._pause("refuse")
+        if extended:
+            self._out += pgp.SYNC
+            self._pending.append(True)
+        self._flush()
+        self._spawn(self._finish_refusal(verdict, draft, extended))
+
+    async def _finish_refusal(self, verdict: Verdict, draft: HeldStatementDraft, extended: bool) -> None:
+        try:
+            error = await self._refusal_error(verdict, draft)
+            if self._pending:
+                self._drained = asyncio.get_running_loop().create_future()
+                await self._drained
+            assert self.transport is not None
+            if extended:
+                self.transport.write(error)
+                self._discard = True
+            else:
+                self.transport.write(error + pgp.make_ready_for_query(self.status))
+        finally:
+            self._busy = False
+            self._resume("refuse")
+        self._process()
+
+    async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> bytes:
+        kind = verdict.kind.value
+        if verdict.action is Action.DENY:
+            self.log.info("statement_denied", kind=kind, reason=verdict.reason)
+            return pgp.make_error(
+                "ERROR",
+                "42501",
+                f"permission denied: {verdict.reason} "
+                f'(user "{self.user}" has {self.level} on source "{self.source}")',
+            )
+        facts = {
+            "protocol": "postgresql",
+            "client_addr": self.peer,
+            "application_name": self.params.get("application_name", ""),
+            "connection_id": self.key[0] if self.key else None,
+            "tls": self.on_tls,
+        }
+        held = HeldStatement(draft.text, draft.classification, draft.parameters(), facts)
+        try:
+            request_id = await create_request(self.f.store, user=self.user, source=self.source, held=held)
+        except QueryBaseError as exc:
+            self.log.error("hold_failed", error=exc.message)
+            return pgp.make_error(
+                "ERROR", "58000", f"the write could not be held for approval: {exc.message}"
+            )
+        except Exception as exc:
+            self.log.exception("hold_failed")
+            return pgp.make_error(
+                "ERROR", "58000", f"the write could not be held for approval: {type(exc).__name__}"
+            )
+        self.log.info("statement_held", kind=kind, request=request_id)
+        return pgp.make_error(
+            "ERROR",
+            "QB001",
+            f'write held for approval as change request #{request_id} on source "{self.source}"',
+            detail="The statement did not run. It runs once, exactly as sent, when an approver approves it.",
+            hint=f"Review it with `querybase` or the admin API (change request {request_id}).",
+        )
+
+
+@dataclass(frozen=True)
+class HeldStatementDraft:
+    """A refused statement as the session saw it; parameters are decoded only if it is held."""
+
+    text: str
+    classification: Classification
+    bind_raw: bytes | None
+    param_types: tuple[int, ...]
+
+    def parameters(self) -> list[dict[str, Any]] | None:
+        if self.bind_raw is None:
+            return None
+        bind = pgp.parse_bind(self.bind_raw[5:])
+        formats = bind.param_formats
+        out = []
+        for i, value in enumerate(bind.params):
+            fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+            out.append(
+                {
+                    "type_oid": self.param_types[i] if i < len(self.param_types) else 0,
+                    "format": fmt,
+                    "value_b64": None if value is None else base64.b64encode(value).decode(),
+                }
+            )
+        return out
+
+
+_STOP = object()
+_HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
+    b"Q": PgSession._on_query,
+    b"P": PgSession._on_parse,
+    b"B": PgSession._on_bind,
+    b"E": PgSession._on_execute,
+    b"S": PgSession._on_sync,
+    b"C": PgSession._on_close,
+    b"D": PgSession._on_forward,
+    b"H": PgSession._on_forward,
+    b"d": PgSession._on_forward,
+    b"c": PgSession._on_forward,
+    b"f": PgSession._on_forward,
+    b"F": PgSession._on_function_call,
+    b"X": PgSession._on_terminate,
+    b"p": PgSession._on_password,
+}

@@ -1,0 +1,330 @@
+"""Upstream PostgreSQL connections: raw-protocol login with the source's credentials, reset, cancel.
+
+An `UpstreamConnection` has two modes. In control mode (login, reset) its protocol frames whole
+messages and hands them to `read_message()`. In relay mode (`attach(sink)`) every received chunk
+goes straight to the client session's `upstream_data()`, untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+from typing import cast
+
+from proxy.errors import QueryBaseError
+from proxy.pg import protocol as pgp
+from proxy.pg.scram import SCRAM, ScramClient, md5_password
+from proxy.pool import UpstreamConnectError
+
+CONNECT_TIMEOUT = 10.0
+RESET_TIMEOUT = 10.0
+
+
+class UpstreamSink(TypingProtocol):
+    """The client session an attached upstream connection relays to."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    """Where and how to log in: one source's host and one of its logins."""
+
+    source: str
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str | None
+    tls: str  # disable | prefer | require
+    read_only: bool
+
+
+class UpstreamError(QueryBaseError):
+    """The upstream refused or broke the login; carries its SQLSTATE when it sent one."""
+
+    sqlstate = "08006"  # connection_failure
+    code = "upstream"
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        if sqlstate:
+            self.sqlstate = sqlstate
+
+
+class _UpstreamProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = pgp.BackendReader()
+        self.sink: UpstreamSink | None = None
+        self.lost = False
+        self.lost_exc: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.raw_waiter: asyncio.Future[bytes] | None = None  # SSLRequest's one-byte answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(data)
+            return
+        if self.raw_waiter is not None and not self.raw_waiter.done():
+            self.raw_waiter.set_result(data)
+            return
+        self.reader.feed(data)
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_exc = True, exc
+        if self.raw_waiter is not None and not self.raw_waiter.done():
+            self.raw_waiter.set_exception(UpstreamError("upstream closed the connection"))
+        self._wake()
+        if self.sink is not None:
+            self.sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read_message(self) -> tuple[bytes, bytes]:
+        while True:
+            msg = self.reader.next()
+            if msg is not None:
+                return msg
+            if self.lost:
+                raise UpstreamError(f"upstream closed the connection: {self.lost_exc or 'EOF'}")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class UpstreamConnection:
+    """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
+
+    def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
+        self.target = target
+        self.params = params
+        self.parameter_status: dict[str, str] = {}
+        self.backend_pid = 0
+        self.backend_key = b""
+        self.status = b"I"
+        self._sasl_final = b""
+        self._protocol = _UpstreamProtocol()
+        self._transport: asyncio.Transport | None = None
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
+        conn = cls(target, params)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await conn._open()
+        except TimeoutError:
+            conn.close()
+            raise UpstreamConnectError(
+                f"upstream {target.host}:{target.port} of source {target.source!r} did not answer "
+                f"within {CONNECT_TIMEOUT:g}s"
+            ) from None
+        except OSError as exc:
+            conn.close()
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {target.host}:{target.port} of source {target.source!r}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        target = self.target
+        transport, _ = await loop.create_connection(lambda: self._protocol, target.host, target.port)
+        self._transport = transport
+        if target.tls != "disable":
+            await self._negotiate_tls(loop)
+        startup = {"user": target.user, "database": target.database}
+        startup.update(self.params)
+        if target.read_only:
+            startup["default_transaction_read_only"] = "on"
+        self._transport.write(pgp.make_startup(startup))
+        await self._authenticate()
+        while True:
+            type_byte, body = await self._protocol.read_message()
+            if type_byte == b"S":
+                name, value = pgp.parse_parameter_status(body)
+                self.parameter_status[name] = value
+            elif type_byte == b"K":
+                self.backend_pid, self.backend_key = pgp.parse_backend_key_data(body)
+            elif type_byte == b"Z":
+                self.status = body[:1]
+                return
+            elif type_byte == b"E":
+                raise self._error(body)
+            elif type_byte not in (b"N", b"v"):
+                raise UpstreamError(f"unexpected upstream message {type_byte!r} during login")
+
+    async def _negotiate_tls(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._transport is not None
+        self._protocol.raw_waiter = loop.create_future()
+        self._transport.write(pgp.make_ssl_request())
+        answer = await self._protocol.raw_waiter
+        self._protocol.raw_waiter = None
+        if answer[:1] == b"S" and len(answer) == 1:
+            context = ssl.create_default_context()
+            # Upstream certificate verification needs per-source CA settings (not built yet):
+            # `require` means encrypted, like libpq's sslmode=require.
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            new = await loop.start_tls(
+                self._transport, self._protocol, context, server_hostname=self.target.host
+            )
+            self._transport = cast(asyncio.Transport, new)
+        elif answer[:1] == b"N" and len(answer) == 1:
+            if self.target.tls == "require":
+                raise UpstreamError(f"upstream of source {self.target.source!r} does not offer TLS")
+        else:
+            raise UpstreamError("upstream answered the SSLRequest with garbage")
+
+    async def _authenticate(self) -> None:
+        target, transport = self.target, self._transport
+        assert transport is not None
+        scram: ScramClient | None = None
+        while True:
+            type_byte, body = await self._protocol.read_message()
+            if type_byte == b"E":
+                raise self._error(body)
+            if type_byte != b"R":
+                raise UpstreamError(f"unexpected upstream message {type_byte!r} during authentication")
+            code, payload = pgp.parse_auth(body)
+            if code == pgp.AuthCode.OK:
+                if scram is not None and not scram.verify(self._sasl_final):
+                    raise UpstreamError("upstream's SCRAM server signature is wrong")
+                return
+            password = target.password
+            needs_password = (pgp.AuthCode.CLEARTEXT_PASSWORD, pgp.AuthCode.MD5_PASSWORD, pgp.AuthCode.SASL)
+            if code in needs_password and password is None:
+                raise UpstreamError(
+                    f"upstream asks for a password for {target.user!r} but source {target.source!r} has none",
+                    "28P01",
+                )
+            if code == pgp.AuthCode.CLEARTEXT_PASSWORD:
+                assert password is not None
+                if target.tls == "disable":
+                    raise UpstreamError(
+                        "upstream asks for a cleartext password over an unencrypted connection"
+                    )
+                transport.write(pgp.make_password(password.encode()))
+            elif code == pgp.AuthCode.MD5_PASSWORD:
+                assert password is not None
+                transport.write(pgp.make_password(md5_password(target.user, password, payload[:4])))
+            elif code == pgp.AuthCode.SASL:
+                assert password is not None
+                mechanisms = [m.decode() for m in payload.split(b"\x00") if m]
+                if SCRAM not in mechanisms:
+                    raise UpstreamError(f"upstream offers no supported SASL mechanism: {mechanisms}")
+                scram = ScramClient(password)
+                transport.write(pgp.make_sasl_initial(SCRAM, scram.first()))
+            elif code == pgp.AuthCode.SASL_CONTINUE and scram is not None:
+                transport.write(pgp.make_sasl_response(scram.final(payload)))
+            elif code == pgp.AuthCode.SASL_FINAL and scram is not None:
+                self._sasl_final = payload
+            else:
+                raise UpstreamError(f"upstream asks for unsupported authentication method {code}")
+
+    def _error(self, body: bytes) -> UpstreamError:
+        fields = pgp.parse_error_fields(body)
+        return UpstreamError(
+            f"upstream of source {self.target.source!r}: {fields.get('M', 'error')}", fields.get("C")
+        )
+
+    # ------------------------------------------------------------------------------- relay
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+    @property
+    def broken(self) -> bool:
+        return self._protocol.lost or self._transport is None or self._transport.is_closing()
+
+    def attach(self, sink: UpstreamSink) -> None:
+        """Relay mode: every byte from now on goes to `sink`."""
+        if self._protocol.reader.buffered:
+            raise UpstreamError("upstream sent unsolicited data while idle")
+        self._protocol.sink = sink
+        if self._protocol.lost:
+            sink.upstream_lost(self._protocol.lost_exc)
+
+    def detach(self) -> None:
+        self._protocol.sink = None
+        self._protocol.reader = pgp.BackendReader()
+
+    async def reset(self) -> bool:
+        """Roll back anything open and DISCARD ALL; False when the connection is not reusable."""
+        self.detach()
+        if self.broken:
+            return False
+        try:
+            async with asyncio.timeout(RESET_TIMEOUT):
+                if self.status != b"I":
+                    await self._simple("ROLLBACK")
+                await self._simple("DISCARD ALL")
+        except (TimeoutError, QueryBaseError):
+            return False
+        return self.status == b"I"
+
+    async def _simple(self, sql: str) -> None:
+        self.transport.write(pgp.make_query(sql))
+        failed: UpstreamError | None = None
+        while True:
+            type_byte, body = await self._protocol.read_message()
+            if type_byte == b"S":
+                name, value = pgp.parse_parameter_status(body)
+                self.parameter_status[name] = value
+            elif type_byte == b"E":
+                failed = self._error(body)
+            elif type_byte == b"Z":
+                self.status = body[:1]
+                if failed is not None:
+                    raise failed
+                return
+
+    async def cancel(self) -> None:
+        """Ask the upstream to cancel whatever this connection is running (a new connection)."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                transport, _ = await loop.create_connection(
+                    asyncio.Protocol, self.target.host, self.target.port
+                )
+                transport.write(pgp.make_cancel_request(self.backend_pid, self.backend_key))
+                await asyncio.sleep(0)
+                transport.close()
+        except (OSError, TimeoutError):
+            pass
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            try:
+                self._transport.write(pgp.TERMINATE)
+            finally:
+                self._transport.close()

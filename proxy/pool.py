@@ -1,0 +1,159 @@
+"""Session pooling of upstream connections per (source, role), for both protocols.
+
+A client holds one upstream connection for its whole session (`acquire`) and gives it back on
+disconnect (`release`), which resets it (DISCARD ALL / COM_RESET_CONNECTION) before anyone else
+gets it, and closes it instead if the reset fails or the connection is broken. A connection is
+only handed to a client whose startup parameters equal the ones it was opened with, so every
+parameter a client sends is applied by the upstream itself at connect time; when the pool is full,
+an idle connection with other parameters is closed to make room. A client that cannot get a
+connection within the pool's timeout gets `PoolTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from proxy.errors import QueryBaseError
+
+log = structlog.get_logger("querybase.pool")
+
+
+class PoolTimeout(QueryBaseError):
+    sqlstate = "53300"  # too_many_connections
+    mysql_errno = 1040  # ER_CON_COUNT_ERROR
+    code = "pool_timeout"
+
+
+class UpstreamConnectError(QueryBaseError):
+    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
+    mysql_errno = 2003  # CR_CONN_HOST_ERROR
+    code = "upstream_connect"
+
+
+class Pooled(Protocol):
+    """What the pool needs from an upstream connection."""
+
+    params: tuple[tuple[str, str], ...]
+
+    @property
+    def broken(self) -> bool: ...
+
+    async def reset(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Pooled)
+Key = tuple[tuple[str, str], ...]
+
+
+class Pool(Generic[C]):
+    """A bounded set of upstream connections for one (source, role)."""
+
+    def __init__(
+        self,
+        name: str,
+        connect: Callable[[Key], Awaitable[C]],
+        *,
+        size: int,
+        timeout: float,
+    ) -> None:
+        self.name = name
+        self._connect = connect
+        self.size = size
+        self.timeout = timeout
+        self._idle: deque[C] = deque()
+        self._busy: set[C] = set()
+        self._opening = 0
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    @property
+    def total(self) -> int:
+        return len(self._idle) + len(self._busy) + self._opening
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        return len(self._busy)
+
+    async def acquire(self, params: Key) -> C:
+        """A connection opened with exactly `params`; waits up to `timeout` for capacity."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._acquire(params)
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no upstream connection for {self.name} became free within {self.timeout:g}s "
+                f"(pool size {self.size})"
+            ) from None
+
+    async def _acquire(self, params: Key) -> C:
+        async with self._changed:
+            while True:
+                if self._closed:
+                    raise UpstreamConnectError(f"pool {self.name} is closed")
+                for conn in self._idle:
+                    if conn.params == params and not conn.broken:
+                        self._idle.remove(conn)
+                        self._busy.add(conn)
+                        return conn
+                self._drop_broken_idle()
+                if self.total >= self.size and self._idle:
+                    self._idle.popleft().close()  # other parameters: make room
+                if self.total < self.size:
+                    self._opening += 1
+                    break
+                await self._changed.wait()
+        try:
+            conn = await self._connect(params)
+        except BaseException:
+            async with self._changed:
+                self._opening -= 1
+                self._changed.notify()
+            raise
+        async with self._changed:
+            self._opening -= 1
+            self._busy.add(conn)
+        return conn
+
+    def _drop_broken_idle(self) -> None:
+        for conn in [c for c in self._idle if c.broken]:
+            self._idle.remove(conn)
+            conn.close()
+
+    async def release(self, conn: C, *, reusable: bool = True) -> None:
+        """Give a connection back: reset and keep it, or close it."""
+        keep = reusable and not conn.broken and not self._closed
+        if keep:
+            try:
+                keep = await conn.reset()
+            except Exception as exc:  # a failed reset is a broken connection, whatever the cause
+                log.warning("upstream_reset_failed", pool=self.name, error=str(exc))
+                keep = False
+        if not keep:
+            conn.close()
+        async with self._changed:
+            self._busy.discard(conn)
+            if keep and not conn.broken:
+                self._idle.append(conn)
+            self._changed.notify()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            while self._idle:
+                self._idle.popleft().close()
+            for conn in list(self._busy):
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._changed.notify_all()

@@ -1,0 +1,60 @@
+"""The fingerprint level of the PostgreSQL classification cache never changes a verdict.
+
+For every statement in the classifier table, a sibling with different constants is classified
+first (priming the fingerprint level), then the statement itself; the cached answer must equal a
+fresh `pg.classify`. Statements whose verdict depends on a constant are the point of the test.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from policies import pg
+from policies.cache import FingerprintLevel
+from policies.types import Kind
+from tests.unit.test_policies_pg import CASES
+
+_SWAPS = {"'off'": "'on'", "'on'": "'off'", "false": "true", "true": "false", " off": " on", " on": " off"}
+
+
+def sibling(sql: str) -> str:
+    """The same statement shape with other constants."""
+    text = re.sub(r"\b\d+\b", lambda m: str(int(m.group()) + 7), sql)
+    for old, new in _SWAPS.items():
+        if old in text:
+            return text.replace(old, new, 1)
+    return text
+
+
+@pytest.mark.parametrize("sql", [pytest.param(c.sql, id=c.case_id) for c in CASES])
+def test_fingerprint_level_agrees_with_a_fresh_parse(sql: str) -> None:
+    level = FingerprintLevel()
+    level.classify(sibling(sql))
+    assert level.classify(sql) == pg.classify(sql)
+
+
+def test_literal_variants_share_one_parse() -> None:
+    level = FingerprintLevel()
+    for aid in range(50):
+        got = level.classify(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};")
+        assert got.kind is Kind.READ
+    assert (level.hits, level.misses) == (49, 1)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "second_kind"),
+    [
+        ("SELECT set_config('default_transaction_read_only', 'on', false)",
+         "SELECT set_config('default_transaction_read_only', 'off', false)", Kind.PRIVILEGED),
+        ("SELECT 1; SET default_transaction_read_only = on",
+         "SELECT 2; SET default_transaction_read_only = off", Kind.PRIVILEGED),
+        ("EXPLAIN (ANALYZE false) DELETE FROM t", "EXPLAIN (ANALYZE true) DELETE FROM t", Kind.WRITE),
+        ("SET transaction_read_only = on", "SET transaction_read_only = off", Kind.PRIVILEGED),
+    ],
+)  # fmt: skip
+def test_constant_dependent_verdicts_are_not_shared(first: str, second: str, second_kind: Kind) -> None:
+    level = FingerprintLevel()
+    level.classify(first)
+    assert level.classify(second).kind is second_kind
