@@ -33,8 +33,8 @@ EVENTS: list[dict[str, Any]] = [
 ]
 SQLITE = "sqlite+aiosqlite:///"
 COLUMNS = ("occurred_at", "kind", "actor", "source", "subject", "payload", "prev_hash", "hash")
-SELECT_ALL = f"SELECT id, {', '.join(COLUMNS)} FROM audit_events ORDER BY id"  # noqa: S608 - fixed names
-UPDATE_ALL = f"UPDATE audit_events SET {', '.join(f'{c} = :{c}' for c in COLUMNS)} WHERE id = :id"  # noqa: S608
+SELECT_ALL = f"SELECT id, {', '.join(COLUMNS)} FROM audit_events ORDER BY id"
+UPDATE_ALL = f"UPDATE audit_events SET {', '.join(f'{c} = :{c}' for c in COLUMNS)} WHERE id = :id"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -185,7 +185,7 @@ async def test_concurrent_appends_all_land(store: Store) -> None:
 async def test_modified_content_is_named(
     chained: Store, event_id: int, column: str, value: str | None
 ) -> None:
-    statement = f"UPDATE audit_events SET {column} = :v WHERE id = :id"  # noqa: S608 - a fixed column name
+    statement = f"UPDATE audit_events SET {column} = :v WHERE id = :id"
     await sql(chained, statement, v=value, id=event_id)
     assert_broken(await verify(chained), event_id, "content does not match its hash (modified)")
 

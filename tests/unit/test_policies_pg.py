@@ -794,7 +794,7 @@ def test_strictest_statement_wins(parts: list[str]) -> None:
 
 def test_cached_returns_same_object_and_counts_a_hit() -> None:
     # A fresh text, so the first call is a miss whatever ran before; it is classified, never executed.
-    sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = 1 -- {uuid.uuid4()}"  # noqa: S608
+    sql = f"SELECT abalance FROM pgbench_accounts WHERE aid = 1 -- {uuid.uuid4()}"
     before = classify_pg_cached.cache_info()
     first = classify_pg_cached(sql)
     middle = classify_pg_cached.cache_info()
