@@ -8,7 +8,8 @@ received chunk; upstream bytes are written to the client as they arrive, scanned
 ReadyForQuery (`BackendScanner`), whose count tells when the upstream has answered everything.
 
 Held and denied statements (`_refuse`) run as a task, with client reading paused so later
-messages keep their order:
+messages keep their order (and inside a transaction block QueryBase makes the upstream abort the
+transaction, as PostgreSQL does on any error there):
 - simple Query: nothing goes upstream; once earlier requests are answered the client gets the
   error and ReadyForQuery;
 - extended Execute: QueryBase sends the upstream a Sync of its own in place of the Execute (so
@@ -196,7 +197,9 @@ class PgSession(asyncio.Protocol):
         # relay state
         self._ready = False
         self._out = bytearray()
-        self._pending: deque[bool] = deque()  # one per ReadyForQuery owed by the upstream; True = ours
+        self._pending: deque[int] = (
+            deque()
+        )  # one per ReadyForQuery owed by the upstream: _PASS/_DROP_Z/_DROP_ALL
         self._drained: asyncio.Future[None] | None = None
         self._scanner = pgp.BackendScanner()
         self._carry = b""
@@ -273,21 +276,28 @@ class PgSession(asyncio.Protocol):
             return
         if keep:
             data, self._carry = data[:-keep], data[-keep:]
-        if ready:
-            pieces: list[bytes] = []
-            start = 0
-            for offset, status in ready:
-                self.status = bytes((status,))
-                if self._pending and self._pending.popleft():
-                    pieces.append(data[start:offset])
-                    start = offset + 6
-            if pieces:
-                pieces.append(data[start:])
-                data = b"".join(pieces)
-            if not self._pending and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
+        if ready or (self._pending and self._pending[0] == _DROP_ALL):
+            data = self._edit_replies(data, ready)
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def _edit_replies(self, data: bytes, ready: list[tuple[int, int]]) -> bytes:
+        """Drop the replies QueryBase asked for itself: a ReadyForQuery, or a whole answer."""
+        pieces: list[bytes] = []
+        start = 0
+        for offset, status in ready:
+            self.status = bytes((status,))
+            mode = self._pending.popleft() if self._pending else _PASS
+            if mode == _PASS:
+                pieces.append(data[start : offset + 6])
+            elif mode == _DROP_Z:
+                pieces.append(data[start:offset])
+            start = offset + 6
+        if not (self._pending and self._pending[0] == _DROP_ALL):
+            pieces.append(data[start:])
+        if not self._pending and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        return b"".join(pieces)
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closed or self.transport is None:
@@ -550,7 +560,7 @@ class PgSession(asyncio.Protocol):
             if c.prepares is not None:
                 self._sql_prepared[c.prepares] = c.kind
             self._forward(raw)
-            self._pending.append(False)
+            self._pending.append(_PASS)
             return None
         self._refuse(verdict, HeldStatementDraft(sql, c, None, ()), extended=False)
         return _STOP
@@ -594,7 +604,7 @@ class PgSession(asyncio.Protocol):
 
     def _on_sync(self, raw: bytes) -> object:
         self._forward(raw)
-        self._pending.append(False)
+        self._pending.append(_PASS)
         return None
 
     def _on_close(self, raw: bytes) -> object:
@@ -608,7 +618,7 @@ class PgSession(asyncio.Protocol):
         verdict = self._decide(c)
         if verdict.action is Action.FORWARD:
             self._forward(raw)
-            self._pending.append(False)
+            self._pending.append(_PASS)
             return None
         self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False)
         return _STOP
@@ -637,16 +647,20 @@ class PgSession(asyncio.Protocol):
         self._pause("refuse")
         if extended:
             self._out += pgp.SYNC
-            self._pending.append(True)
+            self._pending.append(_DROP_Z)
         self._flush()
         self._spawn(self._finish_refusal(verdict, draft, extended))
 
     async def _finish_refusal(self, verdict: Verdict, draft: HeldStatementDraft, extended: bool) -> None:
         try:
             error = await self._refusal_error(verdict, draft)
-            if self._pending:
-                self._drained = asyncio.get_running_loop().create_future()
-                await self._drained
+            await self._upstream_idle()
+            if self.status == b"T" and self.upstream is not None:
+                # Inside a transaction block PostgreSQL would abort the transaction on this error;
+                # make the upstream do exactly that, so what follows behaves as it would there.
+                self._pending.append(_DROP_ALL)
+                self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
+                await self._upstream_idle()
             assert self.transport is not None
             if extended:
                 self.transport.write(error)
@@ -657,6 +671,12 @@ class PgSession(asyncio.Protocol):
             self._busy = False
             self._resume("refuse")
         self._process()
+
+    async def _upstream_idle(self) -> None:
+        """Wait until the upstream has answered everything sent to it."""
+        if self._pending:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
 
     async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> bytes:
         kind = verdict.kind.value
@@ -726,6 +746,8 @@ class HeldStatementDraft:
 
 
 _STOP = object()
+_PASS, _DROP_Z, _DROP_ALL = 0, 1, 2  # what to do with the upstream's reply up to a ReadyForQuery
+_ABORT_TRANSACTION = "DO $$BEGIN RAISE EXCEPTION 'statement refused by QueryBase'; END$$"
 _HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
     b"Q": PgSession._on_query,
     b"P": PgSession._on_parse,
