@@ -301,6 +301,7 @@ async def cmd_source_add(ctx: Context, args: argparse.Namespace) -> int:
         write_user=args.write_user,
         tls=UpstreamTLS(args.tls),
         pool_size=args.pool_size,
+        pool_timeout_seconds=args.pool_timeout,
     )
     catalog = ctx.catalog(with_key=True)
     await catalog.add_source(spec, read_password=read_pw, write_password=write_pw, actor=ctx.actor)
@@ -493,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--write-password-env", metavar="VAR", help="read the write password from $VAR")
     sub.add_argument("--tls", choices=[t.value for t in UpstreamTLS], default=UpstreamTLS.PREFER.value)
     sub.add_argument("--pool-size", type=int, default=10)
+    sub.add_argument(
+        "--pool-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a client waits for a free upstream connection (default 10)",
+    )
     add(sources, "list", cmd_source_list, "list sources", [as_json])
     add(sources, "show", cmd_source_show, "show one source", [as_json]).add_argument("name")
     add(sources, "test", cmd_source_test, "log in upstream with the source's logins", [as_json]).add_argument(

@@ -96,6 +96,7 @@ class SourceSpec:
     write_user: str | None = None
     tls: UpstreamTLS = UpstreamTLS.PREFER
     pool_size: int = 10
+    pool_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,8 @@ class Catalog:
             raise InvalidInput("the read user must not be empty")
         if not 1 <= spec.pool_size <= 1000:
             raise InvalidInput(f"invalid pool size {spec.pool_size}: must be 1-1000")
+        if not 0 < spec.pool_timeout_seconds <= 3600:
+            raise InvalidInput(f"invalid pool timeout {spec.pool_timeout_seconds:g}: must be 0-3600 seconds")
         if write_password is not None and spec.write_user is None:
             raise InvalidInput("a write password needs --write-user")
         box = self._require_box()
@@ -364,6 +367,7 @@ class Catalog:
             ),
             tls=spec.tls,
             pool_size=spec.pool_size,
+            pool_timeout_seconds=spec.pool_timeout_seconds,
         )
         async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(Source.id).where(Source.name == spec.name)) is not None:
