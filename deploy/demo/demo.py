@@ -362,9 +362,10 @@ def instructions(settings: Settings, demo_dir: Path, sources: Sequence[DemoSourc
         lines.append(f"  mariadb -h {mysql.host} -P {mysql.port} -u alice -p shop_mysql")
     lines += [
         "",
-        "  Not built yet: the PostgreSQL and MySQL front ends arrive in later issues. Today",
-        "  `querybase serve` only logs `listener_not_built` for those two ports and does not",
-        "  listen on them, so the commands above get `connection refused` until then.",
+        "  Try as alice: SELECT * FROM customers LIMIT 5;  then  UPDATE products SET price = 0;",
+        "  (held for approval: SQLSTATE QB001). As carol the UPDATE is denied (42501).",
+        "  Not built yet: the MySQL front end (`serve` logs `listener_not_built` for its port,",
+        "  so the mariadb command gets `connection refused` until it lands).",
         "",
     ]
     if admin is not None:
