@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client
+APT_PACKAGES := postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client \
+	libpostgresql-jdbc-java default-jdk-headless
 PYTEST_ARGS ?=
 
 .PHONY: bootstrap system-packages venv demo test lint format clean

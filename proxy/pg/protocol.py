@@ -485,22 +485,29 @@ class BackendReader:
         return self._reader.buffered
 
 
+MAX_HELD_BACK = 64 * 1024  # a ParameterStatus longer than this is relayed without being read
+
+
 class BackendScanner:
     """Walks a relayed server byte stream header by header without buffering bodies.
 
-    `scan(chunk)` returns `(ready, keep)`: `ready` lists `(offset, status)` for every
-    ReadyForQuery that starts in the chunk, and `keep` is how many trailing bytes the caller must
-    hold back and prepend to the next chunk — a header cut by the chunk boundary, or a
-    ReadyForQuery whose status byte has not arrived. Because of `keep`, every message start the
-    caller forwards lies inside the chunk it forwards, so it can always split a chunk right
-    before a ReadyForQuery to insert or drop bytes there.
+    `scan(chunk)` returns `(ready, params, keep)`: `ready` lists `(offset, status)` for every
+    ReadyForQuery in the chunk, `params` lists `(start, end)` of every whole ParameterStatus
+    message (so the session can follow `SET application_name …`), and `keep` is how many trailing
+    bytes the caller must hold back and prepend to the next chunk — a header cut by the chunk
+    boundary, a ReadyForQuery whose status byte has not arrived, or a ParameterStatus not yet
+    complete. Because of `keep`, every message start the caller forwards lies inside the chunk it
+    forwards, so it can always split a chunk right before a ReadyForQuery.
     """
 
     def __init__(self) -> None:
         self._skip = 0  # body bytes of the current message still to pass
 
-    def scan(self, chunk: bytes | bytearray | memoryview) -> tuple[list[tuple[int, int]], int]:
+    def scan(
+        self, chunk: bytes | bytearray | memoryview
+    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], int]:
         ready: list[tuple[int, int]] = []
+        params: list[tuple[int, int]] = []
         pos, size = 0, len(chunk)
         if self._skip:
             step = min(self._skip, size)
@@ -508,19 +515,23 @@ class BackendScanner:
             pos = step
         while pos < size:
             if size - pos < 5:
-                return ready, size - pos
+                return ready, params, size - pos
             type_byte, length = _HEADER.unpack_from(chunk, pos)
             if length < 4:
                 raise ProtocolViolation(f"server sent invalid message length {length}")
+            end = pos + 1 + length
             if type_byte == b"Z":
                 if length != 5:
                     raise ProtocolViolation("server sent a malformed ReadyForQuery")
                 if size - pos < 6:
-                    return ready, size - pos
+                    return ready, params, size - pos
                 ready.append((pos, chunk[pos + 5]))
-            end = pos + 1 + length
+            elif type_byte == b"S" and length <= MAX_HELD_BACK:
+                if end > size:
+                    return ready, params, size - pos
+                params.append((pos, end))
             if end > size:
                 self._skip = end - size
-                return ready, 0
+                return ready, params, 0
             pos = end
-        return ready, 0
+        return ready, params, 0

@@ -270,7 +270,11 @@ class PgSession(asyncio.Protocol):
         if self._carry:
             data, self._carry = self._carry + data, b""
         try:
-            ready, keep = self._scanner.scan(data)
+            ready, params, keep = self._scanner.scan(data)
+            for start, end in params:
+                name, value = pgp.parse_parameter_status(data[start + 5 : end])
+                if self.upstream is not None:
+                    self.upstream.parameter_status[name] = value
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
             return
@@ -691,7 +695,9 @@ class PgSession(asyncio.Protocol):
         facts = {
             "protocol": "postgresql",
             "client_addr": self.peer,
-            "application_name": self.params.get("application_name", ""),
+            "application_name": self.upstream.parameter_status.get("application_name", "")
+            if self.upstream is not None
+            else self.params.get("application_name", ""),
             "connection_id": self.key[0] if self.key else None,
             "tls": self.on_tls,
         }
