@@ -174,7 +174,7 @@ def make_ssl_request() -> bytes:
 
 
 def make_cancel_request(pid: int, key: bytes) -> bytes:
-    return _I32.pack(12 + len(key) - 4) + _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(pid) + key
+    return _I32.pack(12 + len(key)) + _I32.pack(CANCEL_REQUEST_CODE) + _I32.pack(pid) + key
 
 
 # ---------------------------------------------------------------------------------- framing
@@ -248,26 +248,52 @@ class FrontendReader:
 # ------------------------------------------------------------------------- frontend messages
 
 
-def parse_query(body: bytes) -> str:
-    if body.count(b"\x00") != 1:
+# PostgreSQL client_encoding names → Python codecs. Statement text arrives in the client's
+# encoding; SQL_ASCII means "bytes as they are", which latin-1 maps one to one.
+PG_ENCODINGS = {
+    "UTF8": "utf-8", "UNICODE": "utf-8", "SQL_ASCII": "latin-1", "LATIN1": "latin-1",
+    "LATIN2": "iso8859-2", "LATIN3": "iso8859-3", "LATIN4": "iso8859-4", "LATIN5": "iso8859-9",
+    "LATIN6": "iso8859-10", "LATIN7": "iso8859-13", "LATIN8": "iso8859-14", "LATIN9": "iso8859-15",
+    "LATIN10": "iso8859-16", "ISO_8859_5": "iso8859-5", "ISO_8859_6": "iso8859-6",
+    "ISO_8859_7": "iso8859-7", "ISO_8859_8": "iso8859-8", "WIN866": "cp866", "WIN874": "cp874",
+    "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
+    "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
+    "WIN1258": "cp1258", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "EUC_JP": "euc-jp",
+    "EUC_JIS_2004": "euc-jis-2004", "EUC_KR": "euc-kr", "EUC_CN": "gb2312", "SJIS": "shift-jis",
+    "SHIFT_JIS_2004": "shift-jis-2004", "BIG5": "big5", "GBK": "gbk", "GB18030": "gb18030",
+    "UHC": "cp949", "JOHAB": "johab",
+}  # fmt: skip
+
+
+def python_encoding(pg_name: str) -> str | None:
+    """The Python codec for a PostgreSQL encoding name, or None if QueryBase cannot decode it."""
+    return PG_ENCODINGS.get(pg_name.upper().replace("-", "_").replace("UTF_8", "UTF8"))
+
+
+def _text(data: bytes, what: str, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError:
+        raise ProtocolViolation(f"malformed {what} message: not valid {encoding}") from None
+
+
+def parse_query(body: bytes, encoding: str = "utf-8") -> str:
+    if body.count(b"\x00") != 1 or not body.endswith(b"\x00"):
         raise ProtocolViolation("malformed Query message")
-    return _cstrings(body, "Query")[0]
+    return _text(body[:-1], "Query", encoding)
 
 
 class _Cursor:
-    __slots__ = ("data", "pos", "what")
+    __slots__ = ("data", "encoding", "pos", "what")
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.pos, self.what = data, 0, what
+    def __init__(self, data: bytes, what: str, encoding: str = "utf-8") -> None:
+        self.data, self.pos, self.what, self.encoding = data, 0, what, encoding
 
     def cstring(self) -> str:
         end = self.data.find(b"\x00", self.pos)
         if end < 0:
             raise ProtocolViolation(f"malformed {self.what} message: unterminated string")
-        try:
-            text = self.data[self.pos : end].decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolViolation(f"malformed {self.what} message: invalid UTF-8") from None
+        text = _text(self.data[self.pos : end], self.what, self.encoding)
         self.pos = end + 1
         return text
 
@@ -310,8 +336,8 @@ class Parse:
     param_types: tuple[int, ...]
 
 
-def parse_parse(body: bytes) -> Parse:
-    cur = _Cursor(body, "Parse")
+def parse_parse(body: bytes, encoding: str = "utf-8") -> Parse:
+    cur = _Cursor(body, "Parse", encoding)
     statement, query = cur.cstring(), cur.cstring()
     types = tuple(cur.int32() & 0xFFFFFFFF for _ in range(cur.count("parameter type")))
     cur.end()
@@ -327,8 +353,8 @@ class Bind:
     result_formats: tuple[int, ...] = field(default=())
 
 
-def parse_bind(body: bytes) -> Bind:
-    cur = _Cursor(body, "Bind")
+def parse_bind(body: bytes, encoding: str = "utf-8") -> Bind:
+    cur = _Cursor(body, "Bind", encoding)
     portal, statement = cur.cstring(), cur.cstring()
     formats = tuple(cur.int16() for _ in range(cur.count("format")))
     params: list[bytes | None] = []
@@ -340,17 +366,17 @@ def parse_bind(body: bytes) -> Bind:
     return Bind(portal, statement, formats, tuple(params), results)
 
 
-def parse_execute(body: bytes) -> tuple[str, int]:
+def parse_execute(body: bytes, encoding: str = "utf-8") -> tuple[str, int]:
     """(portal, max rows)."""
-    cur = _Cursor(body, "Execute")
+    cur = _Cursor(body, "Execute", encoding)
     portal, max_rows = cur.cstring(), cur.int32()
     cur.end()
     return portal, max_rows
 
 
-def parse_describe_or_close(body: bytes, what: str) -> tuple[bytes, str]:
+def parse_describe_or_close(body: bytes, what: str, encoding: str = "utf-8") -> tuple[bytes, str]:
     """(b"S" or b"P", name) of a Describe or Close."""
-    cur = _Cursor(body, what)
+    cur = _Cursor(body, what, encoding)
     target = cur.take(1)
     if target not in (b"S", b"P"):
         raise ProtocolViolation(f"malformed {what} message: target {target!r}")

@@ -209,6 +209,7 @@ class PgSession(asyncio.Protocol):
         self._statements: dict[str, _Statement] = {}
         self._portals: dict[str, tuple[str, bytes]] = {}
         self._sql_prepared: dict[str, Kind] = {}
+        self._encoding = "utf-8"
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -275,6 +276,8 @@ class PgSession(asyncio.Protocol):
                 name, value = pgp.parse_parameter_status(data[start + 5 : end])
                 if self.upstream is not None:
                     self.upstream.parameter_status[name] = value
+                if name == "client_encoding":
+                    self._follow_encoding(value)
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
             return
@@ -302,6 +305,11 @@ class PgSession(asyncio.Protocol):
         if not self._pending and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         return b"".join(pieces)
+
+    def _follow_encoding(self, pg_name: str) -> None:
+        # Statement text arrives in the client's encoding. One QueryBase cannot decode is refused
+        # at the first statement rather than guessed at (fail closed).
+        self._encoding = pgp.python_encoding(pg_name) or f"unsupported client_encoding {pg_name}"
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closed or self.transport is None:
@@ -499,6 +507,7 @@ class PgSession(asyncio.Protocol):
             return
         self.upstream = upstream
         self.status = upstream.status
+        self._follow_encoding(upstream.parameter_status.get("client_encoding", "UTF8"))
         self.key = self.f.new_key(self)
         hello = bytearray(pgp.make_auth(pgp.AuthCode.OK))
         for name, value in upstream.parameter_status.items():
@@ -544,6 +553,11 @@ class PgSession(asyncio.Protocol):
             self.upstream.transport.write(bytes(self._out))
             self._out.clear()
 
+    def _checked_encoding(self) -> str:
+        if self._encoding.startswith("unsupported"):
+            raise pgp.ProtocolViolation(f"QueryBase cannot read statements in {self._encoding}")
+        return self._encoding
+
     def _forward(self, raw: bytes) -> None:
         self._out += raw
 
@@ -557,7 +571,7 @@ class PgSession(asyncio.Protocol):
         return decide(c, self.level, self.policy)
 
     def _on_query(self, raw: bytes) -> object:
-        sql = pgp.parse_query(raw[5:])
+        sql = pgp.parse_query(raw[5:], self._checked_encoding())
         c = classify_pg_cached(sql)
         verdict = self._decide(c)
         if verdict.action is Action.FORWARD:
@@ -570,7 +584,7 @@ class PgSession(asyncio.Protocol):
         return _STOP
 
     def _on_parse(self, raw: bytes) -> object:
-        parse = pgp.parse_parse(raw[5:])
+        parse = pgp.parse_parse(raw[5:], self._checked_encoding())
         self._statements[parse.statement] = _Statement(
             parse.query, parse.param_types, classify_pg_cached(parse.query)
         )
@@ -582,14 +596,15 @@ class PgSession(asyncio.Protocol):
         end_statement = raw.find(b"\x00", end_portal + 1)
         if end_portal < 0 or end_statement < 0:
             raise pgp.ProtocolViolation("malformed Bind message")
-        portal = raw[5:end_portal].decode("utf-8", "replace")
-        statement = raw[end_portal + 1 : end_statement].decode("utf-8", "replace")
+        encoding = self._checked_encoding()
+        portal = raw[5:end_portal].decode(encoding, "replace")
+        statement = raw[end_portal + 1 : end_statement].decode(encoding, "replace")
         self._portals[portal] = (statement, raw)
         self._forward(raw)
         return None
 
     def _on_execute(self, raw: bytes) -> object:
-        portal, _ = pgp.parse_execute(raw[5:])
+        portal, _ = pgp.parse_execute(raw[5:], self._checked_encoding())
         bound = self._portals.get(portal)
         statement = self._statements.get(bound[0]) if bound is not None else None
         types: tuple[int, ...] = ()
@@ -612,7 +627,7 @@ class PgSession(asyncio.Protocol):
         return None
 
     def _on_close(self, raw: bytes) -> object:
-        target, name = pgp.parse_describe_or_close(raw[5:], "Close")
+        target, name = pgp.parse_describe_or_close(raw[5:], "Close", self._checked_encoding())
         (self._statements if target == b"S" else self._portals).pop(name, None)
         self._forward(raw)
         return None
@@ -699,9 +714,12 @@ class PgSession(asyncio.Protocol):
             if self.upstream is not None
             else self.params.get("application_name", ""),
             "connection_id": self.key[0] if self.key else None,
+            "client_encoding": self.upstream.parameter_status.get("client_encoding", "UTF8")
+            if self.upstream is not None
+            else "UTF8",
             "tls": self.on_tls,
         }
-        held = HeldStatement(draft.text, draft.classification, draft.parameters(), facts)
+        held = HeldStatement(draft.text, draft.classification, draft.parameters(self._encoding), facts)
         try:
             request_id = await create_request(self.f.store, user=self.user, source=self.source, held=held)
         except QueryBaseError as exc:
@@ -733,10 +751,10 @@ class HeldStatementDraft:
     bind_raw: bytes | None
     param_types: tuple[int, ...]
 
-    def parameters(self) -> list[dict[str, Any]] | None:
+    def parameters(self, encoding: str) -> list[dict[str, Any]] | None:
         if self.bind_raw is None:
             return None
-        bind = pgp.parse_bind(self.bind_raw[5:])
+        bind = pgp.parse_bind(self.bind_raw[5:], encoding)
         formats = bind.param_formats
         out = []
         for i, value in enumerate(bind.params):

@@ -244,7 +244,7 @@ async def test_pg_demo_shop_loads_with_its_grants(pg_server: PostgresCluster) ->
         writer = await asyncpg.connect(pg_server.dsn("qb_scram", "localdb_shop"))
         try:
             for table, count in SHOP_COUNTS.items():
-                query = f"SELECT count(*) FROM {table}"  # noqa: S608 (fixed table names)
+                query = f"SELECT count(*) FROM {table}"
                 assert await reader.fetchval(query) == count
             assert (
                 await reader.fetchval(
@@ -274,7 +274,7 @@ def test_mariadb_demo_shop_loads_with_its_grants(mariadb_server: MariaDBServer) 
         try:
             with reader.cursor() as cur:
                 for table, count in SHOP_COUNTS.items():
-                    cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 (fixed table names)
+                    cur.execute(f"SELECT count(*) FROM {table}")
                     assert cur.fetchone() == (count,)
                 cur.execute("SELECT full_name FROM customers WHERE email = 'zoe.martin@example.org'")
                 assert cur.fetchone() == ("Zoë Martin",)

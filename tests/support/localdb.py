@@ -259,7 +259,7 @@ RESET password_encryption;
 SELECT 'CREATE DATABASE {DATABASE} OWNER qb_admin'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}') \\gexec
 GRANT CONNECT, TEMPORARY ON DATABASE {DATABASE} TO {logins};
-"""  # noqa: S608
+"""
 
 
 # Run in qbtest: qb_scram may create tables and write, qb_reader may only read. Default privileges
@@ -582,7 +582,7 @@ GRANT ALL PRIVILEGES ON {DATABASE}.* TO 'qb_native'@'%';
 CREATE USER IF NOT EXISTS 'qb_reader'@'%';
 ALTER USER 'qb_reader'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD({reader});
 GRANT SELECT ON {DATABASE}.* TO 'qb_reader'@'%';
-"""  # noqa: S608
+"""
 
 
 # Options for both mariadb-install-db and mariadbd. Debian's packaged config also sets utf8mb4.
