@@ -9,7 +9,9 @@ APT_PACKAGES := postgresql postgresql-contrib postgresql-client mariadb-server m
 	libpostgresql-jdbc-java default-jdk-headless
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap system-packages venv demo test lint format clean
+BENCH_ARGS ?=
+
+.PHONY: bootstrap system-packages venv demo test lint format clean bench-pg
 
 bootstrap: system-packages venv
 
@@ -45,6 +47,14 @@ demo: bootstrap
 
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# pgbench -S against direct PostgreSQL, PgBouncer and QueryBase; see benchmarks/README.md.
+bench-pg: bootstrap
+	@command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || { \
+	  echo "installing pgbouncer"; SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends pgbouncer; }
+	$(PY) benchmarks/bench_pg.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

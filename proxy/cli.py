@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from policies.types import Level
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
 from proxy.errors import InvalidInput, QueryBaseError, StoreError
-from proxy.store.catalog import Catalog, SourceSpec
+from proxy.store.catalog import PG_AUTH_METHODS, Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
 from proxy.store.db import Store
 from proxy.store.models import Engine, UpstreamTLS
@@ -197,7 +197,7 @@ async def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
 async def cmd_user_add(ctx: Context, args: argparse.Namespace) -> int:
     await ctx.require_current_schema()
     password = read_password(args, ctx.environ, prompt=f"password for {args.name!r}")
-    await ctx.catalog().add_user(args.name, password, admin=args.admin, actor=ctx.actor)
+    await ctx.catalog().add_user(args.name, password, admin=args.admin, pg_auth=args.pg_auth, actor=ctx.actor)
     ctx.print(f"user {args.name!r} created" + (" (admin)" if args.admin else ""))
     return 0
 
@@ -210,8 +210,8 @@ async def cmd_user_list(ctx: Context, args: argparse.Namespace) -> int:
     else:
         print_table(
             ctx,
-            ["name", "admin", "active", "groups", "created"],
-            [(u.name, u.admin, u.active, u.groups, u.created_at) for u in users],
+            ["name", "admin", "active", "groups", "pg_auth", "created"],
+            [(u.name, u.admin, u.active, u.groups, u.pg_auth, u.created_at) for u in users],
         )
     return 0
 
@@ -219,7 +219,7 @@ async def cmd_user_list(ctx: Context, args: argparse.Namespace) -> int:
 async def cmd_user_passwd(ctx: Context, args: argparse.Namespace) -> int:
     await ctx.require_current_schema()
     password = read_password(args, ctx.environ, prompt=f"new password for {args.name!r}")
-    await ctx.catalog().set_password(args.name, password, actor=ctx.actor)
+    await ctx.catalog().set_password(args.name, password, pg_auth=args.pg_auth, actor=ctx.actor)
     ctx.print(f"password of {args.name!r} changed")
     return 0
 
@@ -467,8 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
     users = group("user", "manage QueryBase user accounts")
     add(users, "add", cmd_user_add, "create a user", [password]).add_argument("name")
     users.choices["add"].add_argument("--admin", action="store_true", help="may manage the catalog")
+    pg_auth_help = (
+        "PostgreSQL login method: scram (default), md5 (stores an md5 verifier), "
+        "password (cleartext, accepted only over TLS)"
+    )
+    users.choices["add"].add_argument(
+        "--pg-auth", choices=PG_AUTH_METHODS, default="scram", help=pg_auth_help
+    )
     add(users, "list", cmd_user_list, "list users", [as_json])
     add(users, "passwd", cmd_user_passwd, "set a user's password", [password]).add_argument("name")
+    users.choices["passwd"].add_argument(
+        "--pg-auth", choices=PG_AUTH_METHODS, help=pg_auth_help + "; default: keep"
+    )
     add(users, "disable", cmd_user_disable, "stop a user from logging in").add_argument("name")
     add(users, "enable", cmd_user_enable, "let a disabled user log in again").add_argument("name")
 

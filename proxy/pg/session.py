@@ -45,7 +45,7 @@ from proxy.pool import Pool
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
-from proxy.store.verifiers import ScramVerifier
+from proxy.store.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
 
 log = structlog.get_logger("querybase.pg")
 
@@ -453,31 +453,63 @@ class PgSession(asyncio.Protocol):
 
     async def _authenticate(self, user: str) -> None:
         assert self.transport is not None
-        self.f.limiter.check(user, self.peer.rpartition(":")[0])
+        address = self.peer.rpartition(":")[0]
+        self.f.limiter.check(user, address)
         login = await self.f.catalog.user_login(user)
-        verifier = (
-            ScramVerifier.decode(login.scram_verifier)
-            if login is not None and login.active
-            else mock_verifier(user, self.f.mock_secret)
-        )
+        usable = login is not None and login.active
+        method = login.pg_auth if login is not None and usable else "scram"
+        if method == "password" and not self.on_tls:
+            method = "scram"  # cleartext only over TLS; SCRAM never shows the password
+        if method == "md5" and login is not None and login.md5_verifier is not None:
+            ok = await self._md5_exchange(login.md5_verifier)
+        elif method == "password" and login is not None:
+            ok = await self._cleartext_exchange(ScramVerifier.decode(login.scram_verifier))
+        else:
+            verifier = (
+                ScramVerifier.decode(login.scram_verifier)
+                if login is not None and usable
+                else mock_verifier(user, self.f.mock_secret)
+            )
+            ok = await self._scram_exchange(verifier)
+        if not ok or not usable:
+            self.f.limiter.failure(user, address)
+            self.log.info("login_failed", reason="wrong password" if usable else "unknown or disabled user")
+            raise LoginFailed(f'password authentication failed for user "{user}"')
+
+    async def _password_message(self) -> bytes:
+        type_byte, body = await self._read()
+        if type_byte != b"p":
+            raise pgp.ProtocolViolation(f"expected a password message, got message type {type_byte!r}")
+        return body
+
+    async def _scram_exchange(self, verifier: ScramVerifier) -> bool:
+        assert self.transport is not None
         binding = self.f.cert_hash if self.on_tls else None
         self.transport.write(pgp.make_auth_sasl([SCRAM_PLUS, SCRAM] if binding else [SCRAM]))
-        type_byte, body = await self._read()
-        if type_byte != b"p":
-            raise pgp.ProtocolViolation(f"expected SASLInitialResponse, got message type {type_byte!r}")
-        mechanism, first = pgp.parse_sasl_initial(body)
+        mechanism, first = pgp.parse_sasl_initial(await self._password_message())
         exchange = ScramServer(verifier, binding)
         self.transport.write(pgp.make_auth(pgp.AuthCode.SASL_CONTINUE, exchange.first(mechanism, first)))
-        type_byte, body = await self._read()
-        if type_byte != b"p":
-            raise pgp.ProtocolViolation(f"expected SASLResponse, got message type {type_byte!r}")
-        ok, final = exchange.final(body)
-        if not ok or login is None or not login.active:
-            self.f.limiter.failure(user, self.peer.rpartition(":")[0])
-            reason = "wrong password" if login is not None and login.active else "unknown or disabled user"
-            self.log.info("login_failed", reason=reason)
-            raise LoginFailed(f'password authentication failed for user "{user}"')
-        self.transport.write(pgp.make_auth(pgp.AuthCode.SASL_FINAL, final))
+        ok, final = exchange.final(await self._password_message())
+        if ok:
+            self.transport.write(pgp.make_auth(pgp.AuthCode.SASL_FINAL, final))
+        return ok
+
+    async def _md5_exchange(self, stored: str) -> bool:
+        assert self.transport is not None
+        salt = secrets.token_bytes(4)
+        self.transport.write(pgp.make_auth(pgp.AuthCode.MD5_PASSWORD, salt))
+        return verify_pg_md5_response(stored, salt, pgp.parse_password(await self._password_message()))
+
+    async def _cleartext_exchange(self, verifier: ScramVerifier) -> bool:
+        assert self.transport is not None
+        self.transport.write(pgp.make_auth(pgp.AuthCode.CLEARTEXT_PASSWORD))
+        password = pgp.parse_password(await self._password_message())
+        try:
+            text = password.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        # PBKDF2 with 4096 rounds takes milliseconds: keep it off the event loop.
+        return await asyncio.to_thread(scram_verify_password, verifier, text)
 
     async def _attach_source(self) -> None:
         assert self.transport is not None

@@ -32,7 +32,7 @@ from proxy.store.models import (
     User,
     utcnow,
 )
-from proxy.store.verifiers import make_verifiers
+from proxy.store.verifiers import make_verifiers, pg_md5_verifier
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 MIN_PASSWORD_LENGTH = 8
@@ -57,12 +57,34 @@ def check_password(password: str) -> str:
     return password
 
 
+PG_AUTH_METHODS = ("scram", "md5", "password")
+
+
+def check_pg_auth(method: str) -> str:
+    if method not in PG_AUTH_METHODS:
+        raise InvalidInput(
+            f"invalid PostgreSQL auth method {method!r}: use one of {', '.join(PG_AUTH_METHODS)}"
+        )
+    return method
+
+
+def _set_password(user: User, password: str, pg_auth: str) -> None:
+    verifiers = make_verifiers(password)
+    user.scram_verifier = verifiers.scram
+    user.sha256_sha256 = verifiers.sha256_sha256
+    user.sha1_sha1 = verifiers.sha1_sha1
+    user.pg_auth = pg_auth
+    # The md5 form is password-equivalent for PostgreSQL logins: kept only for users allowed md5.
+    user.md5_verifier = pg_md5_verifier(user.name, password) if pg_auth == "md5" else None
+
+
 @dataclass(frozen=True)
 class UserView:
     name: str
     admin: bool
     active: bool
     groups: tuple[str, ...]
+    pg_auth: str
     created_at: str
 
 
@@ -72,9 +94,11 @@ class UserLogin:
 
     name: str
     active: bool
+    pg_auth: str
     scram_verifier: str = field(repr=False)
     sha256_sha256: bytes = field(repr=False)
     sha1_sha1: bytes = field(repr=False)
+    md5_verifier: str | None = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -191,23 +215,23 @@ class Catalog:
             raise NotFound(f"no user named {name!r}")
         return user
 
-    async def add_user(self, name: str, password: str, *, admin: bool = False, actor: str | None) -> None:
+    async def add_user(
+        self, name: str, password: str, *, admin: bool = False, pg_auth: str = "scram", actor: str | None
+    ) -> None:
         check_name("user", name)
-        verifiers = make_verifiers(check_password(password))
+        user = User(name=name, is_admin=admin, is_active=True)
+        _set_password(user, check_password(password), check_pg_auth(pg_auth))
         async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(User.id).where(User.name == name)) is not None:
                 raise AlreadyExists(f"user {name!r} already exists")
-            session.add(
-                User(
-                    name=name,
-                    is_admin=admin,
-                    is_active=True,
-                    scram_verifier=verifiers.scram,
-                    sha256_sha256=verifiers.sha256_sha256,
-                    sha1_sha1=verifiers.sha1_sha1,
-                )
+            session.add(user)
+            await audit.append(
+                session,
+                "user.created",
+                actor=actor,
+                subject=name,
+                payload={"admin": admin, "pg_auth": pg_auth},
             )
-            await audit.append(session, "user.created", actor=actor, subject=name, payload={"admin": admin})
 
     async def user_login(self, name: str) -> UserLogin | None:
         async with self._store.session() as session:
@@ -215,7 +239,13 @@ class Catalog:
             if user is None:
                 return None
             return UserLogin(
-                user.name, user.is_active, user.scram_verifier, user.sha256_sha256, user.sha1_sha1
+                user.name,
+                user.is_active,
+                user.pg_auth,
+                user.scram_verifier,
+                user.sha256_sha256,
+                user.sha1_sha1,
+                user.md5_verifier,
             )
 
     async def user_exists(self, name: str) -> bool:
@@ -237,20 +267,24 @@ class Catalog:
                     admin=u.is_admin,
                     active=u.is_active,
                     groups=tuple(sorted(m.group.name for m in u.memberships)),
+                    pg_auth=u.pg_auth,
                     created_at=audit.as_utc(u.created_at).isoformat(timespec="seconds"),
                 )
                 for u in users
             ]
 
-    async def set_password(self, name: str, password: str, *, actor: str | None) -> None:
-        verifiers = make_verifiers(check_password(password))
+    async def set_password(
+        self, name: str, password: str, *, pg_auth: str | None = None, actor: str | None
+    ) -> None:
+        check_password(password)
         async with self._store.write_session() as session, session.begin():
             user = await self._user(session, name)
-            user.scram_verifier = verifiers.scram
-            user.sha256_sha256 = verifiers.sha256_sha256
-            user.sha1_sha1 = verifiers.sha1_sha1
+            method = check_pg_auth(pg_auth) if pg_auth is not None else user.pg_auth
+            _set_password(user, password, method)
             user.password_changed_at = utcnow()
-            await audit.append(session, "user.password_changed", actor=actor, subject=name)
+            await audit.append(
+                session, "user.password_changed", actor=actor, subject=name, payload={"pg_auth": method}
+            )
 
     async def set_active(self, name: str, active: bool, *, actor: str | None) -> None:
         async with self._store.write_session() as session, session.begin():

@@ -96,6 +96,10 @@ class User(Base):
     scram_verifier: Mapped[str] = mapped_column(String(200))
     sha256_sha256: Mapped[bytes] = mapped_column(LargeBinary(32))
     sha1_sha1: Mapped[bytes] = mapped_column(LargeBinary(20))
+    # PostgreSQL client authentication: "scram" (default), "md5" (needs md5_verifier) or
+    # "password" (cleartext, accepted only over TLS). MySQL logins do not depend on it.
+    pg_auth: Mapped[str] = mapped_column(String(16), default="scram", server_default="scram")
+    md5_verifier: Mapped[str | None] = mapped_column(String(35))
     password_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

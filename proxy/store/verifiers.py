@@ -138,6 +138,17 @@ def verify_caching_sha2_scramble(stored: bytes, nonce: bytes, response: bytes) -
     return hmac.compare_digest(hashlib.sha256(candidate).digest(), stored)
 
 
+def pg_md5_verifier(user: str, password: str) -> str:
+    """PostgreSQL's stored md5 form, "md5" + md5(password ‖ user): only for users allowed md5."""
+    return "md5" + hashlib.md5((password + user).encode("utf-8")).hexdigest()  # noqa: S324
+
+
+def verify_pg_md5_response(stored: str, salt: bytes, response: bytes) -> bool:
+    """md5 login: response = "md5" + md5(stored_hex ‖ salt)."""
+    expected = "md5" + hashlib.md5(stored[3:].encode() + salt).hexdigest()  # noqa: S324
+    return hmac.compare_digest(expected.encode(), response)
+
+
 @dataclass(frozen=True)
 class PasswordVerifiers:
     scram: str

@@ -76,7 +76,8 @@ def provision(config: Path, pg: PostgresCluster, users: Iterable[str] | None = N
         "WRITE_PW": PG_PASSWORDS["qb_scram"],
         **{f"PW_{name.upper()}": pw for name, pw in PASSWORDS.items()},
     }
-    for name, extra in ((SOURCE, ()), (TINY_SOURCE, ("--pool-size", "1"))):
+    tiny = ("--pool-size", "1", "--pool-timeout", str(TINY_POOL_TIMEOUT))
+    for name, extra in ((SOURCE, ()), (TINY_SOURCE, tiny)):
         cli(
             config,
             *("source", "add", name, "--engine", "postgresql", "--host", pg.host, "--port", str(pg.port)),
@@ -94,11 +95,6 @@ def provision(config: Path, pg: PostgresCluster, users: Iterable[str] | None = N
         cli(config, "group", "member", "add", group, user)
     if "readers" in dict(chosen.values()):
         cli(config, "grant", "readers", TINY_SOURCE, "read")
-    # No CLI option for the pool timeout yet: set it in the store so the test waits 2 s, not 10.
-    with contextlib.closing(sqlite3.connect(store_path(config))) as db, db:
-        db.execute(
-            "UPDATE sources SET pool_timeout_seconds = ? WHERE name = ?", (TINY_POOL_TIMEOUT, TINY_SOURCE)
-        )
 
 
 def store_path(config: Path) -> Path:
