@@ -148,6 +148,11 @@ class UpstreamConnection:
                 f"cannot connect to upstream {target.host}:{target.port} of source {target.source!r}: "
                 f"{exc.strerror or exc}"
             ) from None
+        except UpstreamError as exc:
+            # The client's own login succeeded; an upstream refusal (say a wrong source password,
+            # 28P01 upstream) must not look like the client's password was wrong.
+            conn.close()
+            raise UpstreamConnectError(f"{exc.message} (upstream SQLSTATE {exc.sqlstate})") from None
         except BaseException:
             conn.close()
             raise
