@@ -119,7 +119,7 @@ class Pool(Generic[C]):
         except BaseException:
             async with self._changed:
                 self._opening -= 1
-                self._changed.notify()
+                self._changed.notify_all()
             raise
         async with self._changed:
             self._opening -= 1
@@ -140,13 +140,15 @@ class Pool(Generic[C]):
             except Exception as exc:  # a failed reset is a broken connection, whatever the cause
                 log.warning("upstream_reset_failed", pool=self.name, error=str(exc))
                 keep = False
-        if not keep:
-            conn.close()
         async with self._changed:
             self._busy.discard(conn)
             if keep and not conn.broken:
                 self._idle.append(conn)
-            self._changed.notify()
+            else:
+                conn.close()
+            # notify_all: a waiter woken by notify() and cancelled before it runs would swallow the
+            # wake-up (asyncio.Condition on 3.11), leaving the others asleep next to an idle connection.
+            self._changed.notify_all()
 
     async def close(self) -> None:
         async with self._changed:

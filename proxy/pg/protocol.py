@@ -142,7 +142,7 @@ def parse_startup(packet: bytes) -> StartupPacket:
     if code == GSSENC_REQUEST_CODE and len(packet) == 8:
         return GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
-        if not 12 <= len(packet) <= 8 + 256:
+        if not 12 <= len(packet) <= 12 + 256:  # keys are at most 256 bytes
             raise ProtocolViolation("invalid CancelRequest length")
         return CancelRequest(_I32.unpack_from(packet, 8)[0], packet[12:])
     if code >> 16 != 3:

@@ -76,6 +76,10 @@ class ScramServer:
                 raise ProtocolViolation("SCRAM-SHA-256-PLUS needs tls-server-end-point channel binding")
         elif cbind not in ("n", "y"):
             raise ProtocolViolation("channel binding requested but SCRAM-SHA-256 was selected")
+        elif cbind == "y" and self.channel_binding:
+            # "y": the client could bind but believes the server cannot. This server offered
+            # SCRAM-SHA-256-PLUS, so someone removed it from the offer (RFC 5802 §6).
+            raise ProtocolViolation("SCRAM channel binding negotiation error")
         if authzid:
             raise ProtocolViolation("SCRAM authorization identities are not supported")
         attrs = dict(_attributes(bare, "client-first message"))
@@ -131,14 +135,20 @@ class ScramClient:
         return f"n,,{self._client_first_bare}".encode()
 
     def final(self, server_first: bytes) -> bytes:
-        attrs = dict(_attributes(server_first.decode("utf-8", "replace"), "server-first message"))
-        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), attrs.get("i", "")
-        if not nonce.startswith(self._nonce) or not salt or not iterations.isdigit():
-            raise ProtocolViolation("upstream sent a malformed SCRAM server-first message")
-        salted = scram_salted_password(self._password, base64.b64decode(salt), int(iterations))
+        malformed = ProtocolViolation("upstream sent a malformed SCRAM server-first message")
+        try:
+            text = server_first.decode("utf-8")
+            attrs = dict(_attributes(text, "server-first message"))
+            nonce, iterations = attrs.get("r", ""), int(attrs.get("i", "").strip() or "0")
+            salt = base64.b64decode(attrs.get("s", ""), validate=True)
+        except (UnicodeDecodeError, ValueError):
+            raise malformed from None
+        if not nonce.startswith(self._nonce) or not salt or not 0 < iterations <= 10_000_000:
+            raise malformed
+        salted = scram_salted_password(self._password, salt, iterations)
         client_key, stored_key, server_key = scram_keys(salted)
         without_proof = f"c=biws,r={nonce}"
-        auth_message = f"{self._client_first_bare},{server_first.decode()},{without_proof}".encode()
+        auth_message = f"{self._client_first_bare},{text},{without_proof}".encode()
         proof = scram_client_proof(client_key, stored_key, auth_message)
         self._server_signature = scram_server_signature(server_key, auth_message)
         return f"{without_proof},p={base64.b64encode(proof).decode()}".encode()
