@@ -120,7 +120,7 @@ def test_users_round_trip(config: Path) -> None:
     assert users["alice"]["admin"] is False
     assert users["root2"]["admin"] is True
     table = ok(config, "user", "list")
-    assert table.splitlines()[0].split() == ["NAME", "ADMIN", "ACTIVE", "GROUPS", "CREATED"]
+    assert table.splitlines()[0].split() == ["NAME", "ADMIN", "ACTIVE", "GROUPS", "PG_AUTH", "CREATED"]
 
     ok(config, "user", "disable", "alice")
     users = {u["name"]: u for u in json.loads(ok(config, "user", "list", "--json"))}
