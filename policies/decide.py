@@ -19,6 +19,8 @@ client's `EXECUTE` would find nothing.
 
 from __future__ import annotations
 
+import functools
+
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 
 _PASS_THROUGH = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
@@ -61,3 +63,7 @@ def decide(c: Classification, level: Level | None, policy: SourcePolicy) -> Verd
     if c.kind is Kind.DDL and policy.block_ddl:
         return _deny(c, Level.WRITE, f"DDL is blocked on this source ({c.reason or 'ddl'}); it needs write")
     return Verdict(action=Action.HOLD, kind=c.kind, reason=f"{_subject(c)} held for approval")
+
+
+# Verdicts depend only on their (hashable, frozen) inputs, and few distinct combinations occur.
+decide_cached = functools.lru_cache(maxsize=4096)(decide)

@@ -192,16 +192,21 @@ class FrontendReader:
     """
 
     def __init__(self, max_message: int = MAX_MESSAGE) -> None:
-        self._buf = bytearray()
+        # A fresh chunk is kept as the bytes object it arrived as (no copy); only a chunk that
+        # ends inside a message is moved into a bytearray to be joined with the next one.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._startup = True
         self._max = max_message
 
     def feed(self, data: bytes) -> None:
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+        if self._pos == len(self._buf):
+            self._buf, self._pos = data, 0
+        elif isinstance(self._buf, bytes):
+            self._buf = bytearray(memoryview(self._buf)[self._pos :]) + data
             self._pos = 0
-        self._buf += data
+        else:
+            self._buf += data
 
     def startup_done(self) -> None:
         self._startup = False
@@ -242,6 +247,8 @@ class FrontendReader:
         if len(buf) < end:
             return None
         self._pos = end
+        if pos == 0 and end == len(buf) and type(buf) is bytes:
+            return type_byte, buf  # the whole chunk is this message: no copy
         return type_byte, bytes(buf[pos:end])
 
 

@@ -34,7 +34,7 @@ from typing import Any, cast
 import structlog
 
 from policies.cache import classify_pg_cached
-from policies.decide import decide
+from policies.decide import decide_cached as decide
 from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
@@ -196,10 +196,10 @@ class PgSession(asyncio.Protocol):
         self.log = log
         # relay state
         self._ready = False
-        self._out = bytearray()
-        self._pending: deque[int] = (
-            deque()
-        )  # one per ReadyForQuery owed by the upstream: _PASS/_DROP_Z/_DROP_ALL
+        self._out: list[bytes] = []
+        # One entry per ReadyForQuery the upstream owes: _PASS, _DROP_Z or _DROP_ALL.
+        self._pending: deque[int] = deque()
+        self._special = 0  # how many of those are not _PASS
         self._drained: asyncio.Future[None] | None = None
         self._scanner = pgp.BackendScanner()
         self._carry = b""
@@ -283,8 +283,16 @@ class PgSession(asyncio.Protocol):
             return
         if keep:
             data, self._carry = data[:-keep], data[-keep:]
-        if ready or (self._pending and self._pending[0] == _DROP_ALL):
-            data = self._edit_replies(data, ready)
+        if self._special:
+            if ready or (self._pending and self._pending[0] == _DROP_ALL):
+                data = self._edit_replies(data, ready)
+        elif ready:  # the common case: every reply goes to the client unchanged
+            pending = self._pending
+            for _ in range(min(len(ready), len(pending))):
+                pending.popleft()
+            self.status = bytes((ready[-1][1],))
+            if not pending and self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
         if data and self.transport is not None:
             self.transport.write(data)
 
@@ -295,6 +303,8 @@ class PgSession(asyncio.Protocol):
         for offset, status in ready:
             self.status = bytes((status,))
             mode = self._pending.popleft() if self._pending else _PASS
+            if mode != _PASS:
+                self._special -= 1
             if mode == _PASS:
                 pieces.append(data[start : offset + 6])
             elif mode == _DROP_Z:
@@ -581,9 +591,10 @@ class PgSession(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        if self._out and self.upstream is not None:
-            self.upstream.transport.write(bytes(self._out))
-            self._out.clear()
+        out = self._out
+        if out and self.upstream is not None:
+            self.upstream.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _checked_encoding(self) -> str:
         if self._encoding.startswith("unsupported"):
@@ -591,7 +602,7 @@ class PgSession(asyncio.Protocol):
         return self._encoding
 
     def _forward(self, raw: bytes) -> None:
-        self._out += raw
+        self._out.append(raw)
 
     def _decide(self, c: Classification) -> Verdict:
         if c.executes is not None:
@@ -697,8 +708,9 @@ class PgSession(asyncio.Protocol):
         self._busy = True
         self._pause("refuse")
         if extended:
-            self._out += pgp.SYNC
+            self._out.append(pgp.SYNC)
             self._pending.append(_DROP_Z)
+            self._special += 1
         self._flush()
         self._spawn(self._finish_refusal(verdict, draft, extended))
 
@@ -710,6 +722,7 @@ class PgSession(asyncio.Protocol):
                 # Inside a transaction block PostgreSQL would abort the transaction on this error;
                 # make the upstream do exactly that, so what follows behaves as it would there.
                 self._pending.append(_DROP_ALL)
+                self._special += 1
                 self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
                 await self._upstream_idle()
             assert self.transport is not None
