@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,3 +447,73 @@ def test_pgbench_select_only(gateway: Gateway, mode: str) -> None:
     assert f"query mode: {mode}" in result.stdout
     assert "number of transactions actually processed: 400/400" in result.stdout, result.stdout
     assert "number of failed transactions: 0 (0.000%)" in result.stdout
+
+
+# ---------------------------------------------------------------- every driver, TLS on and off
+
+
+def _no_verify() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _psycopg_session(gw: Gateway, user: str, tls: bool) -> tuple[str, str]:
+    with psycopg.connect(gw.conninfo(user, sslmode="require" if tls else "disable"), autocommit=True) as conn:
+        encrypted = conn.pgconn.ssl_in_use
+        try:
+            conn.execute("DELETE FROM items WHERE id = %s", [1])
+            outcome = "ran"
+        except psycopg.Error as exc:
+            outcome = exc.sqlstate or "?"
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (len(ITEMS),)
+        return ("tls" if encrypted else "plain"), outcome
+
+
+async def _asyncpg_session(gw: Gateway, user: str, tls: bool) -> tuple[str, str]:
+    conn = await asyncpg.connect(
+        host=gw.host, port=gw.port, user=user, password=gw.passwords[user], database=SOURCE,
+        ssl=_no_verify() if tls else False,
+    )  # fmt: skip
+    try:
+        encrypted = conn._transport.get_extra_info("sslcontext") is not None  # type: ignore[attr-defined]
+        try:
+            await conn.execute("DELETE FROM items WHERE id = $1", 1)
+            outcome = "ran"
+        except asyncpg.PostgresError as exc:
+            outcome = exc.sqlstate
+        assert await conn.fetchval("SELECT count(*) FROM items") == len(ITEMS)
+        return ("tls" if encrypted else "plain"), outcome
+    finally:
+        await conn.close()
+
+
+def _pg8000_session(gw: Gateway, user: str, tls: bool) -> tuple[str, str]:
+    pg8000 = pytest.importorskip("pg8000.native")
+    conn = pg8000.Connection(
+        user, password=gw.passwords[user], host=gw.host, port=gw.port, database=SOURCE,
+        ssl_context=_no_verify() if tls else None,
+    )  # fmt: skip
+    try:
+        try:
+            conn.run("DELETE FROM items WHERE id = :id", id=1)
+            outcome = "ran"
+        except pg8000.DatabaseError as exc:
+            outcome = exc.args[0]["C"]
+        assert conn.run("SELECT count(*) FROM items") == [[len(ITEMS)]]
+        return ("tls" if isinstance(conn._usock, ssl.SSLSocket) else "plain"), outcome
+    finally:
+        conn.close()
+
+
+@pytest.mark.usefixtures("items_unchanged")
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize(("user", "expected"), [("alice", "QB001"), ("carol", "42501")])
+async def test_every_driver_with_and_without_tls(
+    gateway: Gateway, tls: bool, user: str, expected: str
+) -> None:
+    wanted = ("tls" if tls else "plain", expected)
+    assert _psycopg_session(gateway, user, tls) == wanted
+    assert await _asyncpg_session(gateway, user, tls) == wanted
+    assert _pg8000_session(gateway, user, tls) == wanted
