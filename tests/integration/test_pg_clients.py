@@ -493,7 +493,7 @@ def _pg8000_session(gw: Gateway, user: str, tls: bool) -> tuple[str, str]:
     pg8000 = pytest.importorskip("pg8000.native")
     conn = pg8000.Connection(
         user, password=gw.passwords[user], host=gw.host, port=gw.port, database=SOURCE,
-        ssl_context=_no_verify() if tls else None,
+        ssl_context=_no_verify() if tls else False,
     )  # fmt: skip
     try:
         try:
