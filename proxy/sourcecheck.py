@@ -15,6 +15,7 @@ import asyncpg
 import pymysql
 
 from proxy.store.catalog import SourceCredentials
+from proxy.tlsfiles import upstream_context
 
 CONNECT_TIMEOUT = 10.0
 
@@ -27,17 +28,9 @@ class LoginResult:
     detail: str  # server version when ok, the driver's error otherwise
 
 
-def _insecure_context() -> ssl.SSLContext:
-    # `tls = require` means "encrypt"; certificate verification arrives with CA settings per source.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 async def _postgres_login(creds: SourceCredentials, user: str, password: str | None) -> str:
     view = creds.view
-    ssl_arg: object = {"disable": False, "prefer": "prefer", "require": _insecure_context()}[view.tls]
+    ssl_arg: object = {"disable": False, "prefer": "prefer", "require": upstream_context()}[view.tls]
     conn = await asyncpg.connect(
         host=view.host,
         port=view.port,
@@ -63,7 +56,7 @@ async def _mysql_login(creds: SourceCredentials, user: str, password: str | None
             user=user,
             password=password or "",
             db=view.database,
-            ssl=_insecure_context() if use_tls else None,
+            ssl=upstream_context() if use_tls else None,
             connect_timeout=CONNECT_TIMEOUT,
         )
         try:

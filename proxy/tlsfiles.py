@@ -1,4 +1,4 @@
-"""TLS material: the self-signed certificate made at init, and the server SSLContext built from it."""
+"""TLS material: the self-signed certificate made at init, the listeners' SSLContext, the upstreams' one."""
 
 from __future__ import annotations
 
@@ -75,4 +75,16 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
             f"tls.cert_file/tls.key_file: {settings.tls.cert_file} and {settings.tls.key_file} "
             f"are not a usable certificate and key: {exc}"
         ) from None
+    return context
+
+
+def upstream_context() -> ssl.SSLContext:
+    """The client-side context for upstream databases: encrypted, certificate not verified.
+
+    A source's `tls = require` means "encrypt" (like libpq's sslmode=require); verifying the
+    upstream's certificate needs a per-source CA setting, which is not built yet.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     return context

@@ -8,7 +8,6 @@ goes straight to the client session's `upstream_data()`, untouched.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 from typing import cast
@@ -17,6 +16,7 @@ from proxy.errors import QueryBaseError
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, ScramClient, md5_password
 from proxy.pool import UpstreamConnectError
+from proxy.tlsfiles import upstream_context
 
 CONNECT_TIMEOUT = 10.0
 RESET_TIMEOUT = 10.0
@@ -193,13 +193,8 @@ class UpstreamConnection:
         answer = await self._protocol.raw_waiter
         self._protocol.raw_waiter = None
         if answer[:1] == b"S" and len(answer) == 1:
-            context = ssl.create_default_context()
-            # Upstream certificate verification needs per-source CA settings (not built yet):
-            # `require` means encrypted, like libpq's sslmode=require.
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
             new = await loop.start_tls(
-                self._transport, self._protocol, context, server_hostname=self.target.host
+                self._transport, self._protocol, upstream_context(), server_hostname=self.target.host
             )
             self._transport = cast(asyncio.Transport, new)
         elif answer[:1] == b"N" and len(answer) == 1:

@@ -8,7 +8,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from tests.support.localdb import PostgresCluster, free_port
+from tests.support.localdb import PG_PASSWORDS, PostgresCluster, free_port
 from tests.support.pgfront import Gateway, cli, running_gateway
 
 pytestmark = pytest.mark.integration
@@ -42,3 +42,16 @@ async def test_upstream_refusal_is_08001(gateway: Gateway, source: str, message:
     # The client's own password was right: nothing counts against carol's login limit.
     with psycopg.connect(gateway.conninfo("carol")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("tls", ["require", "prefer"])
+def test_upstream_over_tls(gateway: Gateway, pg_server: PostgresCluster, tls: str) -> None:
+    name = f"tls_{tls}"
+    cli(gateway.config, "source", "add", name, "--engine", "postgresql", "--host", "127.0.0.1",
+        "--port", str(pg_server.port), "--database", "qbtest", "--user", "qb_reader",
+        "--password-env", "PW", "--tls", tls, env={"PW": PG_PASSWORDS["qb_reader"]})  # fmt: skip
+    cli(gateway.config, "grant", "readers", name, "read")
+    with psycopg.connect(gateway.conninfo("carol", dbname=name)) as conn:
+        # The upstream session QueryBase opened for carol is encrypted.
+        row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row == (True,)

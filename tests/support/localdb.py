@@ -398,6 +398,20 @@ class PostgresCluster:
     def _pg(self, program: str) -> str:
         return str(find_pg_bindir() / program)
 
+    def _tls_settings(self) -> dict[str, str]:
+        """Serve TLS with a self-signed certificate in the data directory (made once), so clients
+        and QueryBase's upstream side can be tested with `sslmode=require`."""
+        cert, key = self.datadir / "server.crt", self.datadir / "server.key"
+        if not (cert.exists() and key.exists()):
+            from proxy.tlsfiles import generate_self_signed
+
+            generate_self_signed(cert, key)
+            owner = self._owner()
+            if owner is not None:
+                for path in (cert, key):
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+        return {"ssl": "on", "ssl_cert_file": str(cert), "ssl_key_file": str(key)}
+
     def _owner(self) -> pwd.struct_passwd | None:
         """The account PostgreSQL runs as when we are root (it refuses root); None otherwise."""
         if os.geteuid() != 0:
@@ -519,7 +533,7 @@ class PostgresCluster:
             port = self._requested_port or free_port()
             _check_socket_path(self.basedir / f".s.PGSQL.{port}")
             options = ["-p", str(port), "-k", str(self.basedir)]
-            for name, value in _PG_SETTINGS.items():
+            for name, value in {**_PG_SETTINGS, **self._tls_settings()}.items():
                 options += ["-c", f"{name}={value}"]
             log_offset = _size(self.logfile)
             argv = [self._pg("pg_ctl"), "start", "-D", str(self.datadir), "-l", str(self.logfile)]

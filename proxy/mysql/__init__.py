@@ -1,0 +1,1 @@
+"""MySQL / MariaDB front end: the sans-IO client/server protocol codec (proxy.mysql.protocol)."""
