@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from pglast.parser import ParseError, fingerprint
 
-from policies import pg
+from policies import mysql, pg
 from policies.types import Classification
 
 CACHE_SIZE = 10_000
@@ -99,3 +99,4 @@ class FingerprintLevel:
 
 pg_fingerprint_level = FingerprintLevel()
 classify_pg_cached = CachedClassifier(pg_fingerprint_level.classify)
+classify_mysql_cached = CachedClassifier(mysql.classify)
