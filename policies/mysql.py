@@ -1,0 +1,936 @@
+"""MySQL/MariaDB statement classification: SQL text in, one `Classification` out (DESIGN.md §3).
+
+Theory of operation
+-------------------
+1. Executable comments (`/*!40101 SET NAMES utf8 */`, MariaDB `/*M!100100 … */`) are unwrapped first:
+   the server runs their content (mysqldump relies on it), but sqlglot's tokenizer keeps them as
+   comments. `_unwrap_executable_comments` is a small lexer (quotes, `#`/`-- ` comments, `/* */`)
+   that replaces only the markers by spaces; the version number is ignored, so content is always
+   treated as executed (stricter than a server that would skip it).
+2. The text is tokenized once with sqlglot's MySQL tokenizer and split into statements on `;` tokens
+   (so `;` inside strings, identifiers and comments never splits).
+3. Each statement is dispatched on its head keyword through `_HEADS` (a dict, not an if/elif chain).
+   Statements sqlglot models (SELECT, WITH, TABLE, VALUES, INSERT, REPLACE, UPDATE, DELETE, SET,
+   TRUNCATE, CREATE/ALTER/DROP of tables, views and indexes, DO) are parsed with sqlglot's MySQL
+   parser and the AST is walked (`_scan`): it collects tables and raises the kind for row locks,
+   `INTO @var`, nested DML, guarded functions (`_FUNCTIONS`) and unmodelled sub-nodes
+   (`exp.Command` → unknown). Statements sqlglot does not model (it parses `FLUSH PRIVILEGES` or
+   `SAVEPOINT s` as a column alias, falls back to `exp.Command` or fails on `LOAD DATA`, `XA`,
+   `HANDLER`, `INSTALL PLUGIN` …) are decided from their leading keywords — a documented
+   tokenizer-level check. A head keyword not in `_HEADS` is unknown: fail closed, never read.
+4. Kinds combine by `STRICTNESS` (session > transaction > read inside its zero class, as in pg.py);
+   a multi-statement message takes its strictest statement's kind and reason, and the union of tables.
+
+Deliberate choices
+------------------
+- `SELECT … INTO OUTFILE/DUMPFILE` and `LOAD_FILE()` are privileged (they write/read server files).
+  `LOAD DATA INFILE` without LOCAL reads a server file too, so it is privileged as well;
+  `LOAD DATA LOCAL INFILE` and `LOAD XML LOCAL` are writes (the client uploads the file).
+- `SELECT … INTO @var` only sets session variables: session.
+- `SELECT … FOR UPDATE / FOR SHARE / LOCK IN SHARE MODE` is a write (row locks).
+- `HANDLER …` (OPEN/READ/CLOSE) is a write: it keeps a low-level table handle across statements and
+  reads bypass the optimizer; not worth trusting as a read.
+- `KILL [QUERY|CONNECTION] n` is session: the session translates QueryBase's connection ids to
+  upstream threads and refuses others (DESIGN.md §2).
+- `SET autocommit = …` (any spelling, any value) is transaction: it moves transaction boundaries,
+  which the session tracks. `SET GLOBAL`/`PERSIST`/`PERSIST_ONLY` of anything is privileged.
+- `transaction_read_only`/`tx_read_only` set to 1/ON/TRUE (or 'ON'/'1'/'TRUE') is session; any
+  other value (0, OFF, DEFAULT, an expression, a variable) is privileged. `… TRANSACTION READ WRITE`
+  in SET or START TRANSACTION is privileged; `SET [SESSION] TRANSACTION READ ONLY / ISOLATION LEVEL`
+  is session. `SET sql_log_bin`, `SET PASSWORD`, `SET ROLE`, `SET DEFAULT ROLE` and a few
+  replication/identity variables (`_PRIVILEGED_VARIABLES`) are privileged.
+- `EXPLAIN`/`DESCRIBE` run nothing, so they are reads (a privileged inner statement stays
+  privileged); `EXPLAIN ANALYZE` and MariaDB's `ANALYZE <statement>` run the statement and take its
+  kind. `ANALYZE/OPTIMIZE/REPAIR/CHECK TABLE` are writes; `CHECKSUM TABLE` is a read.
+- `PREPARE s FROM 'text'` takes the kind of the text (which must be one statement) with
+  `prepares=s`; `PREPARE s FROM @var` is unknown with `prepares=s`. `EXECUTE s` is unknown with
+  `executes=s`. `DEALLOCATE/DROP PREPARE` is session. As in pg.py, prepares/executes are reported
+  only for single-statement messages.
+- XA statements are writes (durable transaction state outside the session; QueryBase's executor
+  uses XA itself). `LOCK TABLES` is a write; `UNLOCK TABLES` is session. `LOCK INSTANCE FOR BACKUP`,
+  FLUSH, RESET, PURGE, SHUTDOWN, RESTART, INSTALL/UNINSTALL, CHANGE MASTER/REPLICATION,
+  START/STOP REPLICA/SLAVE, BINLOG, CLONE, GRANT/REVOKE and user/role/server management are
+  privileged. `CREATE FUNCTION … SONAME` (a UDF from a shared library) is privileged.
+- Function names are matched case-insensitively whatever their schema; user functions are not known
+  to write — the read-only upstream session is the backstop.
+- sqlglot logs a warning (logger "sqlglot") when it falls back to `exp.Command`; most such statements
+  are dispatched before parsing, so this is rare and harmless.
+- Text with a NUL byte is unknown.
+
+Known gaps (fail closed or rely on the backstop): compound bodies (`CREATE PROCEDURE … BEGIN …; …;
+END`) are split at their inner `;` and come out unknown; a session in `NO_BACKSLASH_ESCAPES` mode
+lexes `'a\\'` differently from the classifier; MariaDB `SET STATEMENT … FOR …` is unknown.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from sqlglot import exp
+from sqlglot.dialects.mysql import MySQL
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokenizer_core import Token, TokenType
+
+from policies.types import STRICTNESS, Classification, Kind
+
+_DIALECT = MySQL()
+
+# Inside STRICTNESS's zero class, the kind that tells the session more wins.
+_TIE_BREAK = {Kind.READ: 0, Kind.TRANSACTION: 1, Kind.SESSION: 2}
+_RANK = {kind: STRICTNESS[kind] * 10 + _TIE_BREAK.get(kind, 0) for kind in Kind}
+
+
+class _Facts:
+    """What one statement does: the mutable accumulator of a classification."""
+
+    __slots__ = ("ctes", "executes", "kind", "prepares", "reason", "tables")
+
+    def __init__(self) -> None:
+        self.kind = Kind.READ
+        self.reason = ""
+        self.tables: set[str] = set()
+        self.ctes: set[str] = set()
+        self.prepares: str | None = None
+        self.executes: str | None = None
+
+    def note(self, kind: Kind, reason: str) -> None:
+        """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
+        if _RANK[kind] > _RANK[self.kind]:
+            self.kind = kind
+            self.reason = reason
+
+    def absorb(self, other: _Facts) -> None:
+        self.note(other.kind, other.reason)
+        self.tables |= other.tables
+        self.ctes |= other.ctes
+
+
+# --- lexing -----------------------------------------------------------------------------------------
+
+_EXEC_COMMENT = re.compile(r"/\*M?!\d{0,6}")
+_QUOTED = frozenset(
+    {
+        TokenType.STRING,
+        TokenType.IDENTIFIER,
+        TokenType.NATIONAL_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BIT_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.RAW_STRING,
+    }
+)
+_COMMAND_TOKENS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
+
+
+def _skip_quoted(sql: str, i: int) -> int:
+    """Index just past the quoted string/identifier starting at `sql[i]` (MySQL escaping rules)."""
+    quote = sql[i]
+    j = i + 1
+    n = len(sql)
+    while j < n:
+        c = sql[j]
+        if c == "\\" and quote != "`":
+            j += 2
+        elif c == quote:
+            if j + 1 < n and sql[j + 1] == quote:
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return n
+
+
+def _unwrap_executable_comments(sql: str) -> str:
+    """Replace `/*!NNNNN` / `/*M!NNNNN` and their closing `*/` with spaces, keeping the content."""
+    out: list[str] = []
+    i = 0
+    n = len(sql)
+    inside = False
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            j = _skip_quoted(sql, i)
+            out.append(sql[i:j])
+            i = j
+        elif sql.startswith("/*", i):
+            marker = _EXEC_COMMENT.match(sql, i)
+            if marker is not None and not inside:
+                out.append(" ")
+                inside = True
+                i = marker.end()
+            else:
+                j = sql.find("*/", i + 2)
+                j = n if j < 0 else j + 2
+                out.append(sql[i:j])
+                i = j
+        elif inside and sql.startswith("*/", i):
+            out.append(" ")
+            inside = False
+            i += 2
+        elif c == "#" or (sql.startswith("--", i) and (i + 2 >= n or sql[i + 2] in " \t\r\n\f\v")):
+            j = sql.find("\n", i)
+            j = n if j < 0 else j
+            out.append(sql[i:j])
+            i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _tokenize(sql: str) -> list[Token]:
+    return list(_DIALECT.tokenize(sql))
+
+
+def _split(tokens: Sequence[Token]) -> list[list[Token]]:
+    statements: list[list[Token]] = []
+    current: list[Token] = []
+    for token in tokens:
+        if token.token_type is TokenType.SEMICOLON:
+            if current:
+                statements.append(current)
+            current = []
+        else:
+            current.append(token)
+    if current:
+        statements.append(current)
+    return statements
+
+
+def _word(token: Token) -> str:
+    """A token's text upper-cased, or "" for quoted strings/identifiers (never keywords)."""
+    return "" if token.token_type in _QUOTED else token.text.upper()
+
+
+class _Stmt:
+    """One statement: its tokens, its words (with sqlglot's raw command text re-tokenized) and text."""
+
+    __slots__ = ("text", "tokens", "words")
+
+    def __init__(self, tokens: list[Token], sql: str) -> None:
+        first = tokens[0]
+        if first.token_type in _COMMAND_TOKENS:
+            # sqlglot keeps the rest of a "command" (CALL, PREPARE, LOCK TABLES, REPLACE, …) as one
+            # raw string token; re-tokenize it so its words are words again. Only the head token's
+            # position is then meaningful; handlers of command heads do not slice by position.
+            rest = tokens[1].text if len(tokens) > 1 else ""
+            self.text = f"{first.text} {rest}"
+            self.tokens = [first, *_tokenize(rest)]
+        else:
+            self.text = sql[first.start : tokens[-1].end + 1]
+            self.tokens = tokens
+        # A multi-word command head ("LOCK TABLES") stays one word, aligned with its one token.
+        self.words = [" ".join(_word(token).split()) for token in self.tokens]
+
+    def word(self, index: int) -> str:
+        return self.words[index] if index < len(self.words) else ""
+
+    def has(self, *words: str) -> bool:
+        """Whether `words` occur as consecutive words anywhere in the statement."""
+        span = len(words)
+        return any(tuple(self.words[i : i + span]) == words for i in range(len(self.words) - span + 1))
+
+
+def _parse(text: str, tokens: list[Token] | None = None) -> exp.Expr:
+    """Parse one statement (its tokens if already lexed) with sqlglot's MySQL grammar.
+
+    Raises ParseError/TokenError on failure."""
+    if tokens is None:
+        tokens = _tokenize(text)
+    parsed = [node for node in _DIALECT.parser().parse(tokens, text) if node is not None]
+    if len(parsed) != 1:
+        raise ParseError(f"expected one statement, got {len(parsed)}")
+    return parsed[0]
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "parse error"
+
+
+# --- the AST walk -----------------------------------------------------------------------------------
+
+_FUNCTIONS: dict[str, tuple[Kind, str]] = {
+    "LOAD_FILE": (Kind.PRIVILEGED, "LOAD_FILE() reads a server file"),
+    "SYS_EXEC": (Kind.PRIVILEGED, "sys_exec() runs a server process"),
+    "SYS_EVAL": (Kind.PRIVILEGED, "sys_eval() runs a server process"),
+    "GET_LOCK": (Kind.SESSION, "GET_LOCK() takes a named lock"),
+    "RELEASE_LOCK": (Kind.SESSION, "RELEASE_LOCK() releases a named lock"),
+    "RELEASE_ALL_LOCKS": (Kind.SESSION, "RELEASE_ALL_LOCKS() releases named locks"),
+    "NEXTVAL": (Kind.WRITE, "NEXTVAL() advances a sequence"),
+    "SETVAL": (Kind.WRITE, "SETVAL() sets a sequence"),
+}
+_DML_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+
+
+def _table_name(node: exp.Table) -> str | None:
+    parts = [node.args.get(key) for key in ("catalog", "db", "this")]
+    if not isinstance(parts[2], exp.Identifier):
+        return None  # INTO @var, table functions, …
+    return ".".join(part.name for part in parts if isinstance(part, exp.Identifier))
+
+
+def _function_name(node: exp.Func) -> str:
+    if isinstance(node, exp.Anonymous):
+        return str(node.name).upper()
+    return node.sql_name().upper()
+
+
+def _scan(root: exp.Expr, facts: _Facts) -> None:
+    """Walk every node under `root` (iteratively): tables, CTE names, and what hides in expressions."""
+    for node in root.walk():
+        if isinstance(node, exp.Table):
+            name = _table_name(node)
+            if name:
+                facts.tables.add(name)
+        elif isinstance(node, exp.CTE):
+            facts.ctes.add(node.alias_or_name)
+        elif isinstance(node, exp.Lock):
+            facts.note(Kind.WRITE, "SELECT … FOR UPDATE/SHARE takes row locks")
+        elif isinstance(node, exp.Into):
+            if isinstance(node.this, exp.Table) and isinstance(node.this.this, exp.Parameter):
+                facts.note(Kind.SESSION, "SELECT … INTO @var sets session variables")
+            else:
+                facts.note(Kind.WRITE, "SELECT … INTO")
+        elif isinstance(node, exp.PropertyEQ) and isinstance(node.this, exp.Parameter):
+            facts.note(Kind.SESSION, "assigns a user variable")
+        elif isinstance(node, exp.Func):
+            found = _FUNCTIONS.get(_function_name(node))
+            if found is not None:
+                facts.note(*found)
+        elif isinstance(node, _DML_NODES):  # WITH … UPDATE, or DML nested anywhere
+            facts.note(Kind.WRITE, node.key.upper())
+        elif isinstance(node, exp.Command):
+            facts.note(Kind.UNKNOWN, f"unmodelled {node.name} inside a statement")
+
+
+def _parsed(
+    text: str,
+    facts: _Facts,
+    expected: tuple[type[exp.Expr], ...],
+    tokens: list[Token] | None = None,
+) -> exp.Expr | None:
+    """Parse `text` and walk it; an unexpected root (e.g. sqlglot's Command fallback) is unknown."""
+    try:
+        root = _parse(text, tokens)
+    except (ParseError, TokenError) as exc:
+        facts.note(Kind.UNKNOWN, _first_line(str(exc)))
+        return None
+    if not isinstance(root, expected):
+        facts.note(Kind.UNKNOWN, f"unrecognised {type(root).__name__} statement")
+        return None
+    _scan(root, facts)
+    return root
+
+
+# --- handlers ---------------------------------------------------------------------------------------
+
+_Handler = Callable[[_Stmt, _Facts], None]
+_QUERIES = (exp.Query, exp.Values)
+
+
+def _fixed(kind: Kind, reason: str) -> _Handler:
+    def handle(stmt: _Stmt, facts: _Facts) -> None:
+        facts.note(kind, reason)
+
+    return handle
+
+
+def _query(stmt: _Stmt, facts: _Facts) -> None:
+    """SELECT / WITH / TABLE / VALUES / (…): a read unless something inside says otherwise."""
+    words = stmt.words
+    for index, word in enumerate(words):
+        if word == "INTO" and stmt.word(index + 1) in {"OUTFILE", "DUMPFILE"}:
+            facts.note(Kind.PRIVILEGED, f"SELECT … INTO {stmt.word(index + 1)} writes a server file")
+            prefix = stmt.text[: stmt.tokens[index].start - stmt.tokens[0].start]
+            sub = _Facts()  # tables, best effort
+            _parsed(prefix, sub, _QUERIES)
+            facts.tables |= sub.tables
+            return
+    into = _trailing_into_vars(stmt)
+    if into is not None:
+        facts.note(Kind.SESSION, "SELECT … INTO @var sets session variables")
+        _parsed(into, facts, _QUERIES)
+    else:
+        _parsed(stmt.text, facts, (*_QUERIES, *_DML_NODES), stmt.tokens)
+
+
+def _trailing_into_vars(stmt: _Stmt) -> str | None:
+    """`SELECT … FROM t INTO @a, @b` (INTO after FROM, which sqlglot rejects): the text without it."""
+    words, tokens = stmt.words, stmt.tokens
+    for index in range(len(words) - 1, 0, -1):
+        if words[index] == "INTO" and tokens[index + 1 : index + 2] and words[index + 1] == "@":
+            rest = words[index + 1 :]
+            if all(
+                word in {"@", ","} or tokens[index + 1 + k].token_type is TokenType.VAR
+                for k, word in enumerate(rest)
+            ):
+                return stmt.text[: tokens[index].start - tokens[0].start]
+            return None
+    return None
+
+
+def _dml(label: str) -> _Handler:
+    def handle(stmt: _Stmt, facts: _Facts) -> None:
+        facts.note(Kind.WRITE, label)
+        _parsed(stmt.text, facts, _DML_NODES, stmt.tokens)
+
+    return handle
+
+
+def _replace(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.WRITE, "REPLACE")
+    # REPLACE has INSERT's grammar (without ON DUPLICATE KEY UPDATE), which sqlglot models.
+    _parsed("INSERT" + stmt.text[len("REPLACE") :], facts, (exp.Insert,))
+
+
+def _do(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.WRITE, "DO")
+    # DO evaluates expressions like SELECT without a result; parse it as one to see its functions.
+    _parsed("SELECT" + stmt.text[len("DO") :], facts, (exp.Select,))
+
+
+def _call(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.WRITE, "CALL")
+    # `CALL p(args)` reads like a function call: parse it as `SELECT p(args)` to see guarded functions
+    # in the arguments. A parse failure leaves it a write (the keyword decided it).
+    sub = _Facts()
+    if _parsed("SELECT " + stmt.text[len("CALL") :], sub, (exp.Select,)) is not None:
+        facts.note(sub.kind, sub.reason)
+
+
+def _truncate(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.WRITE, "TRUNCATE")
+    _parsed(stmt.text, facts, (exp.TruncateTable,), stmt.tokens)
+
+
+# SET ------------------------------------------------------------------------------------------------
+
+_READ_ONLY_VARIABLES = frozenset({"transaction_read_only", "tx_read_only"})
+_PRIVILEGED_VARIABLES = frozenset(
+    {
+        "sql_log_bin",
+        "sql_log_off",
+        "password",
+        "gtid_next",
+        "gtid_purged",
+        "pseudo_thread_id",
+        "pseudo_slave_mode",
+        "pseudo_replica_mode",
+        "read_only",
+        "super_read_only",
+        "offline_mode",
+        "sql_replica_skip_counter",
+        "sql_slave_skip_counter",
+        "rand_seed1",
+        "insert_id",
+    }
+)
+_GLOBAL_SCOPES = frozenset({"GLOBAL", "PERSIST", "PERSIST_ONLY"})
+_TRUE_VALUES = frozenset({"1", "ON", "TRUE"})
+
+
+def _is_true(value: exp.Expr | None) -> bool:
+    """Whether `value` is a constant MySQL reads as boolean true for a system variable."""
+    if isinstance(value, exp.Boolean):
+        return bool(value.this)
+    if isinstance(value, exp.Literal | exp.Var):
+        return str(value.this).upper() in _TRUE_VALUES
+    if isinstance(value, exp.Column) and not value.table:
+        return value.name.upper() in _TRUE_VALUES
+    return False
+
+
+def _set_item(item: exp.Expr, facts: _Facts) -> None:
+    if not isinstance(item, exp.SetItem):
+        facts.note(Kind.UNKNOWN, f"unrecognised SET item {type(item).__name__}")
+        return
+    scope = str(item.args.get("kind") or "").upper()
+    if scope in {"NAMES", "CHARACTER SET"}:
+        facts.note(Kind.SESSION, f"SET {scope}")
+        return
+    if scope == "TRANSACTION":
+        modes = " ".join(str(mode.name).upper() for mode in item.expressions)
+        if item.args.get("global_"):
+            facts.note(Kind.PRIVILEGED, "SET GLOBAL TRANSACTION")
+        elif "READ WRITE" in modes:
+            facts.note(Kind.PRIVILEGED, "SET TRANSACTION READ WRITE lifts the read-only backstop")
+        else:
+            facts.note(Kind.SESSION, "SET TRANSACTION")
+        return
+    assignment = item.this
+    if not isinstance(assignment, exp.EQ | exp.PropertyEQ):
+        facts.note(Kind.UNKNOWN, "unrecognised SET form")
+        return
+    target, value = assignment.this, assignment.expression
+    _scan(value, facts)  # LOAD_FILE() and friends in the value
+    if isinstance(target, exp.Parameter):
+        facts.note(Kind.SESSION, "SET @user_variable")
+        return
+    if isinstance(target, exp.SessionParameter):
+        scope = str(target.args.get("kind") or scope).upper()
+        name = target.name.lower()
+    elif isinstance(target, exp.Column):
+        name = target.name.lower()
+    else:
+        facts.note(Kind.UNKNOWN, f"unrecognised SET target {type(target).__name__}")
+        return
+    if scope in _GLOBAL_SCOPES:
+        facts.note(Kind.PRIVILEGED, f"SET {scope} {name} changes the server")
+    elif name in _READ_ONLY_VARIABLES:
+        if _is_true(value):
+            facts.note(Kind.SESSION, f"SET {name} on")
+        else:
+            facts.note(Kind.PRIVILEGED, f"SET {name} off lifts the read-only backstop")
+    elif name in _PRIVILEGED_VARIABLES:
+        facts.note(Kind.PRIVILEGED, f"SET {name} needs administrative privileges")
+    elif name == "autocommit":
+        facts.note(Kind.TRANSACTION, "SET autocommit")
+    else:
+        facts.note(Kind.SESSION, f"SET {name}")
+
+
+def _set(stmt: _Stmt, facts: _Facts) -> None:
+    second = stmt.word(1)
+    if second in {"ROLE", "PASSWORD"} or (second == "DEFAULT" and stmt.word(2) == "ROLE"):
+        label = "SET DEFAULT ROLE" if second == "DEFAULT" else f"SET {second}"
+        facts.note(Kind.PRIVILEGED, f"{label} changes who the session is")
+        return
+    if second in {"STATEMENT", "RESOURCE"}:
+        facts.note(Kind.UNKNOWN, f"SET {second} is not classified")
+        return
+    sub = _Facts()
+    root = _parsed(stmt.text, sub, (exp.Set,), stmt.tokens)
+    if root is None:
+        facts.absorb(sub)  # unknown, with the parser's reason
+        return
+    for item in root.expressions:
+        _set_item(item, facts)
+
+
+# transactions ---------------------------------------------------------------------------------------
+
+
+def _start(stmt: _Stmt, facts: _Facts) -> None:
+    if stmt.word(1) != "TRANSACTION":
+        facts.note(Kind.PRIVILEGED, f"START {stmt.word(1)} controls replication")
+    elif stmt.has("READ", "WRITE"):
+        facts.note(Kind.PRIVILEGED, "START TRANSACTION READ WRITE lifts the read-only backstop")
+    else:
+        facts.note(Kind.TRANSACTION, "START TRANSACTION")
+
+
+def _begin(stmt: _Stmt, facts: _Facts) -> None:
+    if stmt.word(1) not in {"", "WORK"}:  # BEGIN NOT ATOMIC … is a compound statement
+        facts.note(Kind.UNKNOWN, f"unrecognised BEGIN {stmt.word(1)}")
+    else:
+        facts.note(Kind.TRANSACTION, "BEGIN")
+
+
+def _release(stmt: _Stmt, facts: _Facts) -> None:
+    if stmt.word(1) == "SAVEPOINT":
+        facts.note(Kind.TRANSACTION, "RELEASE SAVEPOINT")
+    else:
+        facts.note(Kind.UNKNOWN, f"unrecognised RELEASE {stmt.word(1)}")
+
+
+# wrappers -------------------------------------------------------------------------------------------
+
+_EXPLAINABLE = frozenset({"SELECT", "WITH", "TABLE", "VALUES", "(", "INSERT", "REPLACE", "UPDATE", "DELETE"})
+
+
+def _inner(stmt: _Stmt, start: int) -> _Facts | None:
+    """Classify the statement inside a wrapper (EXPLAIN …, ANALYZE …), found at or after `start`."""
+    for index in range(start, len(stmt.words)):
+        if stmt.words[index] in _EXPLAINABLE:
+            offset = stmt.tokens[index].start - stmt.tokens[0].start
+            return _statement_text(stmt.text[offset:])
+    return None
+
+
+def _explain(stmt: _Stmt, facts: _Facts) -> None:
+    analyze = stmt.word(1) == "ANALYZE"
+    inner = _inner(stmt, 1)
+    if inner is None:  # DESCRIBE t [col], EXPLAIN FOR CONNECTION n: tables are best effort
+        sub = _Facts()
+        if _parsed(stmt.text, sub, (exp.Describe,)) is not None:
+            facts.tables |= sub.tables
+        return
+    facts.tables |= inner.tables
+    facts.ctes |= inner.ctes
+    if analyze:
+        facts.note(inner.kind, f"EXPLAIN ANALYZE runs {inner.reason}" if inner.reason else "")
+    elif inner.kind is Kind.PRIVILEGED:
+        facts.note(inner.kind, inner.reason)
+
+
+def _analyze(stmt: _Stmt, facts: _Facts) -> None:
+    inner = None if stmt.word(1) in {"TABLE", "NO_WRITE_TO_BINLOG", "LOCAL"} else _inner(stmt, 1)
+    if inner is None:
+        facts.note(Kind.WRITE, "ANALYZE TABLE")
+        start = 2 if stmt.word(1) == "TABLE" else 3
+        facts.tables |= _names_after(stmt, start)
+        return
+    # MariaDB's ANALYZE <statement> runs it.
+    facts.absorb(inner)
+    facts.note(inner.kind, f"ANALYZE runs {inner.reason}" if inner.reason else "")
+
+
+def _prepare(stmt: _Stmt, facts: _Facts) -> None:
+    name = stmt.tokens[1].text if len(stmt.tokens) > 1 else ""
+    facts.prepares = name or None
+    source = stmt.tokens[3:] if stmt.word(2) == "FROM" else []
+    literals = [token for token in source if token.token_type is not TokenType.INTRODUCER]
+    if not literals or any(token.token_type is not TokenType.STRING for token in literals):
+        facts.note(Kind.UNKNOWN, f"PREPARE {name} from a variable or expression: text not visible")
+        return
+    inner = classify("".join(token.text for token in literals))
+    if inner.statements != 1:
+        facts.note(Kind.UNKNOWN, f"PREPARE {name} of {inner.statements} statements")
+        return
+    facts.tables |= set(inner.tables)
+    facts.note(inner.kind, inner.reason)
+
+
+def _execute(stmt: _Stmt, facts: _Facts) -> None:
+    name = stmt.tokens[1].text if len(stmt.tokens) > 1 else ""
+    facts.executes = name or None
+    facts.note(Kind.UNKNOWN, f"EXECUTE {name}: what it runs was recorded at PREPARE")
+
+
+def _deallocate(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.SESSION, "DEALLOCATE PREPARE")
+
+
+# keyword-decided statements -------------------------------------------------------------------------
+
+
+def _name_at(tokens: Sequence[Token], index: int) -> tuple[str, int]:
+    """The (possibly qualified) name starting at `tokens[index]` and the index after it; "" if none."""
+    if index >= len(tokens) or tokens[index].token_type in _QUOTED - {TokenType.IDENTIFIER}:
+        return "", index + 1
+    token = tokens[index]
+    if token.token_type is not TokenType.IDENTIFIER and not token.text.replace("$", "_").isidentifier():
+        return "", index + 1
+    parts = [token.text]
+    index += 1
+    while index + 1 < len(tokens) and tokens[index].token_type is TokenType.DOT:
+        parts.append(tokens[index + 1].text)
+        index += 2
+    return ".".join(parts), index
+
+
+def _names_after(stmt: _Stmt, start: int, limit: int | None = None) -> set[str]:
+    """The leading name of each comma-separated item from `tokens[start]` (best effort, for `tables`)."""
+    names: list[str] = []
+    tokens = stmt.tokens
+    index = start
+    depth = 0
+    expect_name = True
+    while index < len(tokens) and (limit is None or len(names) < limit):
+        kind = tokens[index].token_type
+        if expect_name and depth == 0:
+            name, index = _name_at(tokens, index)
+            if name:
+                names.append(name)
+            expect_name = False
+            continue
+        if kind is TokenType.L_PAREN:
+            depth += 1
+        elif kind is TokenType.R_PAREN:
+            depth -= 1
+        elif kind is TokenType.COMMA and depth == 0:
+            expect_name = True
+        index += 1
+    return set(names)
+
+
+_OPTIONS = frozenset({"QUICK", "FAST", "MEDIUM", "EXTENDED", "CHANGED", "FOR", "UPGRADE", "USE_FRM"})
+
+
+def _table_maintenance(label: str, kind: Kind) -> _Handler:
+    def handle(stmt: _Stmt, facts: _Facts) -> None:
+        facts.note(kind, label)
+        start = 1
+        while stmt.word(start) in {"NO_WRITE_TO_BINLOG", "LOCAL", "TABLE", "TABLES"}:
+            start += 1
+        facts.tables |= {name for name in _names_after(stmt, start) if name.upper() not in _OPTIONS}
+
+    return handle
+
+
+def _lock(stmt: _Stmt, facts: _Facts) -> None:
+    head = stmt.words[0]
+    if head == "LOCK" and stmt.word(1) == "INSTANCE":
+        facts.note(Kind.PRIVILEGED, "LOCK INSTANCE FOR BACKUP")
+    elif head == "LOCK TABLES" or stmt.word(1) in {"TABLE", "TABLES"}:
+        facts.note(Kind.WRITE, "LOCK TABLES")
+        facts.tables |= _names_after(stmt, 1 if head == "LOCK TABLES" else 2)
+    else:
+        facts.note(Kind.UNKNOWN, f"unrecognised LOCK {stmt.word(1)}")
+
+
+def _unlock(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.SESSION, " ".join(stmt.words[:2]) if stmt.words[0] == "UNLOCK" else stmt.words[0])
+
+
+def _load(stmt: _Stmt, facts: _Facts) -> None:
+    what = stmt.word(1)
+    if what not in {"DATA", "XML"}:
+        facts.note(Kind.WRITE, f"LOAD {what}")
+        return
+    if "TABLE" in stmt.words:
+        facts.tables |= _names_after(stmt, stmt.words.index("TABLE") + 1, limit=1)
+    if "LOCAL" in stmt.words[: stmt.words.index("INFILE") if "INFILE" in stmt.words else len(stmt.words)]:
+        facts.note(Kind.WRITE, f"LOAD {what} LOCAL INFILE")
+    else:
+        facts.note(Kind.PRIVILEGED, f"LOAD {what} INFILE reads a server file")
+
+
+def _handler(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.WRITE, "HANDLER keeps a low-level table handle")
+    if stmt.word(2) == "OPEN":
+        facts.tables |= _names_after(stmt, 1, limit=1)
+
+
+def _kill(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.SESSION, "KILL (the session translates connection ids)")
+
+
+def _change(stmt: _Stmt, facts: _Facts) -> None:
+    facts.note(Kind.PRIVILEGED, f"CHANGE {stmt.word(1)} controls replication")
+
+
+_PRIVILEGED_OBJECTS = {
+    "USER": "user management",
+    "ROLE": "role management",
+    "SERVER": "CREATE/ALTER SERVER stores connection credentials",
+    "INSTANCE": "ALTER INSTANCE",
+    "RESOURCE": "resource groups",
+}
+_DDL_OBJECTS = frozenset(
+    {
+        "TABLE",
+        "TABLES",
+        "VIEW",
+        "INDEX",
+        "DATABASE",
+        "SCHEMA",
+        "PROCEDURE",
+        "FUNCTION",
+        "TRIGGER",
+        "EVENT",
+        "SEQUENCE",
+        "TABLESPACE",
+        "LOGFILE",
+        "SPATIAL",
+        "PACKAGE",
+        "SYNONYM",
+    }
+)
+_PARSED_DDL = frozenset({"TABLE", "VIEW", "INDEX"})
+
+
+def _object_type(stmt: _Stmt) -> tuple[str, int]:
+    """The object word of CREATE/ALTER/DROP/RENAME, skipping modifiers and `DEFINER = user@host`."""
+    index = 1
+    words = stmt.words
+    while index < len(words):
+        word = words[index]
+        if word == "DEFINER":
+            index += 2  # DEFINER =
+            index += 1  # user (or CURRENT_USER)
+            if stmt.word(index) == "(":
+                index += 2
+            if stmt.word(index) == "@":
+                index += 2
+            continue
+        if word in _PRIVILEGED_OBJECTS or word in _DDL_OBJECTS or word == "PREPARE":
+            return word, index
+        if word == "" and stmt.tokens[index].token_type is TokenType.IDENTIFIER:
+            return "", index
+        index += 1
+    return "", index
+
+
+def _ddl(stmt: _Stmt, facts: _Facts) -> None:
+    head = stmt.words[0]
+    obj, _ = _object_type(stmt)
+    if obj == "PREPARE" and head == "DROP":
+        facts.note(Kind.SESSION, "DROP PREPARE")
+        return
+    if obj in _PRIVILEGED_OBJECTS:
+        facts.note(Kind.PRIVILEGED, f"{head} {obj}: {_PRIVILEGED_OBJECTS[obj]}")
+        return
+    if obj == "FUNCTION" and "SONAME" in stmt.words:
+        facts.note(Kind.PRIVILEGED, "CREATE FUNCTION … SONAME loads a server library")
+        return
+    if obj not in _DDL_OBJECTS:
+        facts.note(Kind.UNKNOWN, f"unrecognised {head} statement")
+        return
+    facts.note(Kind.DDL, f"{head} {obj}")
+    if head == "RENAME":
+        facts.tables |= _rename_tables(stmt)
+    elif obj in _PARSED_DDL:
+        # A parse failure of DDL is still DDL (the keywords decided it); tables are best effort.
+        sub = _Facts()
+        if _parsed(stmt.text, sub, (exp.Create, exp.Drop, exp.Alter)) is not None:
+            sub.kind = Kind.DDL if _RANK[sub.kind] < _RANK[Kind.DDL] else sub.kind
+            facts.absorb(sub)
+
+
+def _rename_tables(stmt: _Stmt) -> set[str]:
+    """RENAME TABLE a TO b, c TO d: every name on either side."""
+    names = _names_after(stmt, 2)
+    for index, word in enumerate(stmt.words):
+        if word == "TO":
+            names |= _names_after(stmt, index + 1, limit=1)
+    return names
+
+
+_READ = _fixed(Kind.READ, "")
+_PRIVILEGED_HEADS = {
+    "GRANT": "GRANT",
+    "REVOKE": "REVOKE",
+    "FLUSH": "FLUSH",
+    "RESET": "RESET",
+    "PURGE": "PURGE",
+    "SHUTDOWN": "SHUTDOWN",
+    "RESTART": "RESTART",
+    "INSTALL": "INSTALL loads server code",
+    "UNINSTALL": "UNINSTALL",
+    "STOP": "STOP controls replication",
+    "BINLOG": "BINLOG replays binary log events",
+    "CLONE": "CLONE",
+    "IMPORT": "IMPORT TABLE reads server files",
+}
+
+_HEADS: dict[str, _Handler] = {
+    # reads
+    "SELECT": _query,
+    "WITH": _query,
+    "TABLE": _query,
+    "VALUES": _query,
+    "(": _query,
+    "SHOW": _READ,
+    "HELP": _READ,
+    "CHECKSUM": _table_maintenance("CHECKSUM TABLE", Kind.READ),
+    "DESCRIBE": _explain,
+    "DESC": _explain,
+    "EXPLAIN": _explain,
+    # writes
+    "INSERT": _dml("INSERT"),
+    "UPDATE": _dml("UPDATE"),
+    "DELETE": _dml("DELETE"),
+    "REPLACE": _replace,
+    "DO": _do,
+    "CALL": _call,
+    "TRUNCATE": _truncate,
+    "LOAD": _load,
+    "HANDLER": _handler,
+    "LOCK": _lock,
+    "LOCK TABLES": _lock,
+    "XA": _fixed(Kind.WRITE, "XA (two-phase commit)"),
+    "ANALYZE": _analyze,
+    "OPTIMIZE": _table_maintenance("OPTIMIZE TABLE", Kind.WRITE),
+    "REPAIR": _table_maintenance("REPAIR TABLE", Kind.WRITE),
+    "CHECK": _table_maintenance("CHECK TABLE", Kind.WRITE),
+    "CACHE": _fixed(Kind.WRITE, "CACHE INDEX"),
+    # prepared statements
+    "PREPARE": _prepare,
+    "EXECUTE": _execute,
+    "DEALLOCATE": _deallocate,
+    # transactions and session
+    "BEGIN": _begin,
+    "START": _start,
+    "COMMIT": _fixed(Kind.TRANSACTION, "COMMIT"),
+    "ROLLBACK": _fixed(Kind.TRANSACTION, "ROLLBACK"),
+    "SAVEPOINT": _fixed(Kind.TRANSACTION, "SAVEPOINT"),
+    "RELEASE": _release,
+    "SET": _set,
+    "USE": _fixed(Kind.SESSION, "USE"),
+    "UNLOCK": _unlock,
+    "UNLOCK TABLES": _unlock,
+    "KILL": _kill,
+    # ddl (and the privileged objects among them)
+    "CREATE": _ddl,
+    "ALTER": _ddl,
+    "DROP": _ddl,
+    "RENAME": _ddl,
+    "CHANGE": _change,
+    **{head: _fixed(Kind.PRIVILEGED, reason) for head, reason in _PRIVILEGED_HEADS.items()},
+}
+
+
+# --- entry point ------------------------------------------------------------------------------------
+
+
+def _statement(stmt: _Stmt) -> _Facts:
+    facts = _Facts()
+    handler = _HEADS.get(stmt.words[0]) if stmt.words else None
+    if handler is None:
+        head = stmt.words[0] if stmt.words else "?"
+        facts.note(Kind.UNKNOWN, f"unrecognised statement {head or stmt.tokens[0].text!r}")
+    else:
+        handler(stmt, facts)
+    return facts
+
+
+def _statement_text(text: str) -> _Facts:
+    """Classify one statement given as text (the inside of a wrapper)."""
+    try:
+        chunks = _split(_tokenize(text))
+    except TokenError as exc:
+        facts = _Facts()
+        facts.note(Kind.UNKNOWN, _first_line(str(exc)))
+        return facts
+    result = _Facts()
+    for chunk in chunks:
+        result.absorb(_statement(_Stmt(chunk, text)))
+    return result
+
+
+def _classify_statements(chunks: list[list[Token]], sql: str) -> Classification:
+    strictest: _Facts | None = None
+    tables: set[str] = set()
+    for chunk in chunks:
+        facts = _statement(_Stmt(chunk, sql))
+        tables |= {table for table in facts.tables if table not in facts.ctes}
+        if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
+            strictest = facts
+    assert strictest is not None
+    single = len(chunks) == 1
+    return Classification(
+        kind=strictest.kind,
+        tables=tuple(sorted(tables)),
+        statements=len(chunks),
+        reason=strictest.reason,
+        prepares=strictest.prepares if single else None,
+        executes=strictest.executes if single else None,
+    )
+
+
+def classify(sql: str) -> Classification:
+    """Classify one protocol message's SQL text (possibly several statements). Never raises."""
+    if "\x00" in sql:
+        return Classification(kind=Kind.UNKNOWN, reason="statement text contains a NUL byte")
+    try:
+        if "/*!" in sql or "/*M!" in sql:
+            sql = _unwrap_executable_comments(sql)
+        chunks = _split(_tokenize(sql))
+    except Exception as exc:  # TokenError, and anything the tokenizer may raise on odd text
+        return Classification(kind=Kind.UNKNOWN, reason=_first_line(str(exc)))
+    if not chunks:
+        return Classification(kind=Kind.READ, statements=0)
+    try:
+        return _classify_statements(chunks, sql)
+    except Exception as exc:  # fail closed: a classifier bug must never make a statement a read
+        return Classification(
+            kind=Kind.UNKNOWN,
+            statements=len(chunks),
+            reason=f"classifier error: {type(exc).__name__}: {_first_line(str(exc))}",
+        )
+
+
+__all__ = ["classify"]
