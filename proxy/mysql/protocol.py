@@ -482,10 +482,7 @@ class PacketReader:
                 return None
             self._pos = end
             self.last_seq = seq
-            if type(buf) is bytes and pos == 0 and end == len(buf) and not self._parts:
-                payload = buf[4:]
-            else:
-                payload = bytes(buf[pos + 4 : end])
+            payload = buf[pos + 4 : end] if type(buf) is bytes else bytes(buf[pos + 4 : end])
             if not self._parts:
                 self._first_seq = seq
             if length == MAX_PACKET_PAYLOAD:
@@ -523,7 +520,11 @@ def make_handshake_v10(
     status: ServerStatus,
     auth_plugin: str,
 ) -> bytes:
-    """The server's first payload (protocol version 10), with a 20-byte scramble."""
+    """The server's first payload (protocol version 10), with a 20-byte scramble.
+
+    CLIENT_PLUGIN_AUTH and CLIENT_SECURE_CONNECTION are always set: the layout written (scramble
+    part 2, plugin name) is the one they announce.
+    """
     if len(scramble20) != SCRAMBLE_LENGTH or b"\x00" in scramble20:
         raise ValueError("the scramble must be 20 non-NUL bytes")
     caps = int(capabilities) | Capability.CLIENT_PLUGIN_AUTH | Capability.CLIENT_SECURE_CONNECTION
@@ -1062,7 +1063,11 @@ _SERVER_ONLY_TYPES = frozenset(
         ColumnType.MYSQL_TYPE_INVALID,
     }
 )
+_KNOWN_TYPES = frozenset(int(t) for t in ColumnType)
 UNSIGNED_FLAG = 0x80
+# MariaDB: a COM_STMT_EXECUTE for this id means "the statement prepared last" (pipelined
+# PREPARE + EXECUTE); mapping it is the session's job.
+MARIADB_LAST_PREPARED_STATEMENT = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -1114,22 +1119,20 @@ def parse_stmt_execute(
         types = previous_types
     if len(types) != 2 * param_count:
         raise cur.fail("parameter types do not match the parameter count")
+    for code in types[::2]:
+        if code not in _KNOWN_TYPES or code in _SERVER_ONLY_TYPES:
+            raise cur.fail(f"unknown parameter type {code}")
     values: list[bytes | None] = []
     for index in range(param_count):
         if bitmap[index >> 3] & (1 << (index & 7)) or index in long_data_params:
             values.append(None)
             continue
-        try:
-            kind = ColumnType(types[2 * index])
-        except ValueError:
-            raise cur.fail(f"unknown parameter type {types[2 * index]}") from None
+        kind = ColumnType(types[2 * index])
         start = cur.pos
         if kind in _FIXED_SIZE:
             cur.take(_FIXED_SIZE[kind])
         elif kind in _TEMPORAL:
             cur.take(cur.u8())
-        elif kind in _SERVER_ONLY_TYPES:
-            raise cur.fail(f"parameter type {kind.name} cannot be sent by a client")
         else:
             cur.lenenc_bytes()
         values.append(bytes(body[start : cur.pos]))
@@ -1326,8 +1329,8 @@ class ResultScanner:
             return self._err(payload)
         if is_terminator(payload, self.deprecate_eof):
             if self.deprecate_eof:
-                self.ok = parse_ok(payload)
-            return self._end_result(terminator_status(payload, self.deprecate_eof))
+                return self._ok(payload)
+            return self._end_result(parse_eof(payload).status)
         if self._binary and head != OK_HEADER:
             raise ProtocolViolation(f"binary result row starts with 0x{head:02x}")
         self.rows += 1

@@ -206,6 +206,9 @@ class FrontendReader:
             self._buf = bytearray(memoryview(self._buf)[self._pos :]) + data
             self._pos = 0
         else:
+            if self._pos:  # drop what was consumed, so a stream that never aligns stays bounded
+                del self._buf[: self._pos]
+                self._pos = 0
             self._buf += data
 
     def startup_done(self) -> None:

@@ -885,3 +885,18 @@ def test_scanner_refuses_bad_header_after_a_skipped_body() -> None:
     assert scanner.scan(stream[:50]) == ([], [], 0)
     with pytest.raises(ProtocolViolation):
         scanner.scan(stream[50:])
+
+
+def test_reader_buffer_stays_bounded_when_chunks_never_align() -> None:
+    # A long CopyData stream whose chunk boundaries always fall inside a message.
+    reader = FrontendReader()
+    reader.startup_done()
+    message = b"d" + (4 + 1000).to_bytes(4, "big") + b"x" * 1000
+    stream = message * 2000
+    chunk = 777
+    for start in range(0, len(stream), chunk):
+        reader.feed(stream[start : start + chunk])
+        while reader.next_raw() is not None:
+            pass
+        assert reader.buffered < len(message) + chunk
+        assert len(reader._buf) < 2 * (len(message) + chunk)
