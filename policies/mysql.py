@@ -934,3 +934,12 @@ def classify(sql: str) -> Classification:
 
 
 __all__ = ["classify"]
+
+
+def count_placeholders(sql: str) -> int:
+    """How many `?` parameters a statement for COM_STMT_PREPARE has (quotes and comments skipped)."""
+    try:
+        tokens = _tokenize(_unwrap_executable_comments(sql))
+    except Exception:  # the tokenizer's own errors: the caller then fails the PREPARE
+        return -1
+    return sum(1 for token in tokens if token.token_type is TokenType.PLACEHOLDER)

@@ -1,7 +1,7 @@
 """`querybase serve`: the process lifespan — migrate, bind the listeners, report ready, stop on a signal.
 
-Today the process binds the PostgreSQL listener and the admin listener (health endpoints) and
-keeps the store migrated; the MySQL listener plugs in here when its issue lands.
+The process binds the PostgreSQL and MySQL listeners and the admin listener (health endpoints)
+and keeps the store migrated.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import uvicorn
 from admin_api.app import create_app
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
+from proxy.mysql.session import MySQLFrontend
 from proxy.pg.session import PgFrontend
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
@@ -71,6 +72,8 @@ async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLC
     admin_task: asyncio.Task[None] | None = None
     pg_frontend: PgFrontend | None = None
     pg_server: asyncio.Server | None = None
+    my_frontend: MySQLFrontend | None = None
+    my_server: asyncio.Server | None = None
 
     async def readiness() -> None:
         await store.ping()
@@ -94,10 +97,15 @@ async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLC
                 pg_frontend.protocol, sock=bind("postgres.listen", settings.postgres.listen)
             )
         if settings.mysql.listen is not None:
-            log.info("listener_not_built", listener="mysql", address=str(settings.mysql.listen))
+            my_frontend = MySQLFrontend(settings, store, catalog, tls)
+            await my_frontend.learn_server_version()
+            my_server = await loop.create_server(
+                my_frontend.protocol, sock=bind("mysql.listen", settings.mysql.listen)
+            )
         log.info(
             "ready",
             postgres=str(settings.postgres.listen) if settings.postgres.listen else None,
+            mysql=str(settings.mysql.listen) if settings.mysql.listen else None,
             admin=str(settings.admin.listen) if settings.admin.listen else None,
             store=store.safe_url,
             config=str(settings.config_path),
@@ -111,6 +119,10 @@ async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLC
             pg_server.close()
         if pg_frontend is not None:
             await pg_frontend.close()
+        if my_server is not None:
+            my_server.close()
+        if my_frontend is not None:
+            await my_frontend.close()
         if admin is not None and admin_task is not None:
             admin.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):

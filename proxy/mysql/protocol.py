@@ -1416,3 +1416,21 @@ class ResultScanner:
         _Phase.SIMPLE: _simple,
         _Phase.INFILE_RESULT: _infile_result,
     }
+
+
+def make_column_definition(name: str, column_type: ColumnType = ColumnType.MYSQL_TYPE_VAR_STRING) -> bytes:
+    """A ColumnDefinition41 for a column or parameter QueryBase describes itself (binary charset)."""
+    return (
+        make_lenenc_str(b"def")
+        + make_lenenc_str(b"")  # schema
+        + make_lenenc_str(b"")  # table
+        + make_lenenc_str(b"")  # org_table
+        + make_lenenc_str(name.encode())
+        + make_lenenc_str(b"")  # org_name
+        + b"\x0c"
+        + _U16.pack(63)  # binary
+        + _U32.pack(0)
+        + bytes((int(column_type),))
+        + _U16.pack(0)
+        + b"\x00\x00\x00"  # decimals, filler
+    )

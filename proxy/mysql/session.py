@@ -1,0 +1,795 @@
+"""MySQL/MariaDB client sessions: greeting, TLS, caching_sha2/native login, then a policy-checked relay.
+
+Theory of operation. A session is an `asyncio.Protocol`. A login coroutine sends the greeting,
+reads the HandshakeResponse41 (after an SSLRequest and `start_tls` when the client asks), checks
+the scramble against the user's stored verifier (caching_sha2_password always takes the fast
+path; other plugins are switched to mysql_native_password), picks the source from the handshake
+database, and checks out an upstream connection opened with the client's capabilities, so
+terminators and multi-result flags match end to end.
+
+The relay is request/response: one client command at a time goes upstream, its response is
+relayed as it arrives and followed with a `ResultScanner`; the next buffered command is handled
+when the response is complete. COM_QUERY and COM_STMT_EXECUTE are decided by policy (classified
+at COM_QUERY / COM_STMT_PREPARE); a held or denied command is answered with an ERR by QueryBase
+and never reaches the upstream. `KILL [QUERY] n` with a QueryBase connection id is translated to
+the upstream thread of that session (same QueryBase user only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import re
+import secrets
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, cast
+
+import structlog
+
+from policies.cache import classify_mysql_cached
+from policies.decide import decide_cached as decide
+from policies.mysql import count_placeholders
+from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
+from proxy.config import Settings
+from proxy.errors import NotFound, QueryBaseError
+from proxy.mysql import protocol as my
+from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection, UpstreamTarget
+from proxy.pool import Pool
+from proxy.store.catalog import Catalog, SourceCredentials
+from proxy.store.db import Store
+from proxy.store.requests import HeldStatement, create_request
+from proxy.store.verifiers import verify_caching_sha2_scramble, verify_native_scramble
+
+log = structlog.get_logger("querybase.mysql")
+
+LOGIN_TIMEOUT = 60.0
+DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
+ER_HELD = 9001  # QueryBase's own errno: the write was held as a change request (SQLSTATE HY000)
+ER_ACCESS_DENIED = 1045
+ER_DBACCESS_DENIED = 1044
+ER_BAD_DB = 1049
+ER_TABLEACCESS_DENIED = 1142
+ER_SPECIFIC_ACCESS_DENIED = 1227
+ER_NOT_SUPPORTED = 1235
+ER_SECURE_TRANSPORT_REQUIRED = 3159
+ER_NO_SUCH_THREAD = 1094
+# Capabilities that change what the server sends, so the upstream must be opened with the client's.
+_UPSTREAM_CAPS = (
+    my.Capability.CLIENT_DEPRECATE_EOF
+    | my.Capability.CLIENT_MULTI_STATEMENTS
+    | my.Capability.CLIENT_MULTI_RESULTS
+    | my.Capability.CLIENT_PS_MULTI_RESULTS
+    | my.Capability.CLIENT_FOUND_ROWS
+    | my.Capability.CLIENT_IGNORE_SPACE
+    | my.Capability.CLIENT_LONG_FLAG
+)
+_KILL = re.compile(r"^\s*KILL\s+(?:(QUERY|CONNECTION)\s+)?(\d+)\s*;?\s*$", re.IGNORECASE)
+
+
+class MySQLError(QueryBaseError):
+    """An error QueryBase answers with an ERR packet; the errno is per instance."""
+
+    def __init__(self, errno: int, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.mysql_errno = errno
+        self.sqlstate = sqlstate
+
+
+class MySQLFrontend:
+    """What all MySQL sessions share: settings, store, pools, connection ids, the version shown."""
+
+    def __init__(
+        self, settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalog = catalog
+        self.tls = tls if settings.tls.mode != "disable" else None
+        self.server_version = DEFAULT_SERVER_VERSION
+        self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
+        self.sessions: dict[int, MySQLSession] = {}
+        self._ids = itertools.count(1)
+
+    def protocol(self) -> MySQLSession:
+        return MySQLSession(self)
+
+    async def learn_server_version(self) -> None:
+        """Greet clients with the version a MySQL source reports (drivers pick code paths from it).
+
+        Reads the first source's greeting without logging in; later upstream logins refresh it.
+        """
+        for view in await self.catalog.list_sources():
+            if view.engine != "mysql":
+                continue
+            try:
+                async with asyncio.timeout(3):
+                    reader, writer = await asyncio.open_connection(view.host, view.port)
+                    try:
+                        packets = my.PacketReader()
+                        while (found := packets.next()) is None:
+                            chunk = await reader.read(4096)
+                            if not chunk:
+                                break
+                            packets.feed(chunk)
+                    finally:
+                        writer.close()
+                if found is not None and found[1][:1] == b"\x0a":
+                    self.server_version = my.parse_handshake_v10(found[1]).server_version
+                    return
+            except (OSError, TimeoutError, QueryBaseError) as exc:
+                log.warning("mysql_version_probe_failed", source=view.name, error=str(exc))
+
+    def new_id(self, session: MySQLSession) -> int:
+        connection_id = next(self._ids)
+        self.sessions[connection_id] = session
+        return connection_id
+
+    def pool(self, creds: SourceCredentials, role: str) -> Pool[UpstreamConnection]:
+        view = creds.view
+        key = (view.name, role)
+        pool = self.pools.get(key)
+        if pool is None:
+            writer = role == "write" and view.write_user is not None
+            target = UpstreamTarget(
+                source=view.name,
+                host=view.host,
+                port=view.port,
+                database=view.database,
+                user=view.write_user if writer and view.write_user else view.read_user,
+                password=creds.write_password if writer else creds.read_password,
+                tls=view.tls,
+                read_only=role == "read",
+            )
+
+            async def connect(params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
+                conn = await UpstreamConnection.connect(target, params)
+                self.server_version = conn.server_version  # show what the databases report
+                return conn
+
+            pool = Pool(
+                f"{view.name}/{role}", connect, size=view.pool_size, timeout=view.pool_timeout_seconds
+            )
+            self.pools[key] = pool
+        return pool
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            session.shutdown()
+        for pool in self.pools.values():
+            await pool.close()
+
+
+@dataclass
+class _Prepared:
+    sql: str
+    classification: Classification
+    params: int = 0
+    types: bytes | None = None
+    virtual: bool = False  # prepared by QueryBase only: a write to hold, never sent upstream
+
+
+VIRTUAL_STATEMENT_BASE = 0x7F000000  # virtual statement ids, far above what servers hand out
+
+
+class MySQLSession(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, frontend: MySQLFrontend) -> None:
+        self.f = frontend
+        self.transport: asyncio.Transport | None = None
+        self.reader = my.PacketReader()
+        self.peer = "?"
+        self.user = ""
+        self.source = ""
+        self.level: Level | None = None
+        self.policy = SourcePolicy()
+        self.allowed_schemas: tuple[str, ...] | None = None
+        self.connection_id = 0
+        self.capabilities = my.Capability(0)
+        self.upstream: UpstreamConnection | None = None
+        self.pool: Pool[UpstreamConnection] | None = None
+        self.on_tls = False
+        self.log = log
+        self._ready = False
+        self._closed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._login_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._scanner: my.ResultScanner | None = None
+        self._upstream_reader = my.PacketReader()
+        self._in_flight: my.Command | None = None
+        self._pending_prepare: _Prepared | None = None
+        self._statements: dict[int, _Prepared] = {}
+        self._next_virtual = VIRTUAL_STATEMENT_BASE
+        self._sql_prepared: dict[str, Kind] = {}
+        self._busy = False
+        self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
+        self._paused: set[str] = set()
+
+    # --------------------------------------------------------------------- transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.connection_id = self.f.new_id(self)
+        self.log = log.bind(client=self.peer, connection_id=self.connection_id)
+        self._login_task = asyncio.get_running_loop().create_task(self._login())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.reader.feed(data)
+        except my.ProtocolViolation as exc:
+            self._fatal(exc)
+            return
+        if self._ready:
+            self._process()
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.f.sessions.pop(self.connection_id, None)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.upstream is not None and self.pool is not None:
+            upstream, pool, self.upstream = self.upstream, self.pool, None
+            busy = self._in_flight is not None or self._busy
+            self._spawn(self._give_back(upstream, pool, busy))
+        if self._ready:
+            self.log.info("disconnected")
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.broken:
+            self.upstream.transport.resume_reading()
+
+    def upstream_data(self, data: bytes) -> None:
+        if self.transport is not None and not self._hidden:
+            self.transport.write(data)
+        try:
+            self._upstream_reader.feed(data)
+            while (found := self._upstream_reader.next()) is not None:
+                self._upstream_payload(found[1])
+        except my.ProtocolViolation as exc:
+            self._fatal(exc)
+
+    def _upstream_payload(self, payload: bytes) -> None:
+        scanner = self._scanner
+        if scanner is None or self._in_flight is None:
+            return  # an unsolicited packet (the server closing the connection): relayed as is
+        event = scanner.feed(payload)
+        if event is my.ScanEvent.LOCAL_INFILE:
+            self._fatal(
+                my.ProtocolViolation("upstream asked for a LOCAL INFILE upload, which QueryBase never allows")
+            )
+            return
+        if event is not my.ScanEvent.DONE:
+            return
+        command, self._in_flight = self._in_flight, None
+        if self._hidden:
+            self._hidden = False
+            if scanner.error is not None:
+                self._fatal(
+                    MySQLError(
+                        1105, "HY000", f"could not restore the read-only session: {scanner.error.message}"
+                    )
+                )
+                return
+        elif (
+            command is my.Command.COM_RESET_CONNECTION
+            and self.upstream is not None
+            and self.upstream.target.read_only
+        ):
+            # The reset also reset the session's read-only flag: set it again before the next command.
+            self._hidden = True
+            scanner.start(my.Command.COM_QUERY)
+            self.upstream.transport.write(my.make_packets(my.make_query(READ_ONLY_SQL), 0)[0])
+            self._in_flight = my.Command.COM_QUERY
+            return
+        if command is my.Command.COM_STMT_PREPARE and self._pending_prepare is not None:
+            if scanner.prepare_ok is not None:
+                prepared = replace(self._pending_prepare, params=scanner.prepare_ok.num_params)
+                self._statements[scanner.prepare_ok.statement_id] = prepared
+            self._pending_prepare = None
+        self._resume("response")
+        self._process()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self._closed or self.transport is None:
+            return
+        self.log.warning("upstream_lost", source=self.source, error=str(exc) if exc else "EOF")
+        self._send_err(
+            MySQLError(2013, "HY000", f"lost the connection to the upstream of source {self.source!r}"), 1
+        )
+        self.transport.close()
+
+    def upstream_pause_writing(self) -> None:
+        self._pause("upstream")
+
+    def upstream_resume_writing(self) -> None:
+        self._resume("upstream")
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(reason)
+
+    def _resume(self, reason: str) -> None:
+        self._paused.discard(reason)
+        if not self._paused and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def shutdown(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._send_err(MySQLError(1053, "08S01", "QueryBase is shutting down"), 0)
+            self.transport.close()
+
+    def _send_err(self, exc: QueryBaseError, seq: int) -> None:
+        if self.transport is not None and not self._closed:
+            payload = my.make_err(
+                exc.mysql_errno, exc.sqlstate if len(exc.sqlstate) == 5 else "HY000", exc.message
+            )
+            self.transport.write(my.make_packets(payload, seq)[0])
+
+    def _fatal(self, exc: QueryBaseError, seq: int = 0) -> None:
+        self.log.warning("session_error", errno=exc.mysql_errno, error=exc.message)
+        self._send_err(exc, seq)
+        if self.transport is not None:
+            self.transport.close()
+        self._closed = True
+
+    async def _give_back(
+        self, upstream: UpstreamConnection, pool: Pool[UpstreamConnection], busy: bool
+    ) -> None:
+        if busy and not upstream.broken:
+            await upstream.kill_query()  # stop the work a vanished client left running
+        await pool.release(upstream, reusable=not busy)
+
+    # ---------------------------------------------------------------------------------- login
+
+    async def _read(self) -> tuple[int, bytes]:
+        while True:
+            found = self.reader.next()
+            if found is not None:
+                return found
+            if self._closed:
+                raise ConnectionResetError
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    async def _login(self) -> None:
+        seq = 2
+        try:
+            async with asyncio.timeout(LOGIN_TIMEOUT):
+                seq = await self._authenticate()
+                await self._attach_source(seq)
+        except ConnectionResetError:
+            return
+        except TimeoutError:
+            self._fatal(my.ProtocolViolation("login timed out"), seq)
+        except MySQLError as exc:
+            self._fatal(exc, self._reply_seq)
+        except QueryBaseError as exc:
+            self._fatal(MySQLError(exc.mysql_errno, "HY000", exc.message), self._reply_seq)
+        except Exception as exc:
+            self.log.exception("login_crashed")
+            self._fatal(
+                MySQLError(1105, "HY000", f"internal error during login: {type(exc).__name__}"),
+                self._reply_seq,
+            )
+
+    _reply_seq = 2
+
+    async def _authenticate(self) -> int:
+        assert self.transport is not None
+        scramble = bytes(secrets.choice(range(1, 128)) for _ in range(my.SCRAMBLE_LENGTH))
+        caps = my.server_capabilities(self.f.tls is not None)
+        greeting = my.make_handshake_v10(
+            self.f.server_version,
+            self.connection_id,
+            scramble,
+            caps,
+            my.UTF8MB4_GENERAL_CI,
+            my.ServerStatus.SERVER_STATUS_AUTOCOMMIT,
+            CACHING_SHA2,
+        )
+        self.transport.write(my.make_packets(greeting, 0)[0])
+        seq, payload = await self._read()
+        response = my.parse_handshake_response41(payload, caps)
+        if isinstance(response, my.SSLRequest):
+            if self.reader.buffered:
+                raise my.ProtocolViolation("bytes received after SSLRequest before the TLS handshake")
+            assert self.f.tls is not None
+            new = await asyncio.get_running_loop().start_tls(
+                self.transport, self, self.f.tls, server_side=True
+            )
+            self.transport, self.on_tls = cast(asyncio.Transport, new), True
+            seq, payload = await self._read()
+            response = my.parse_handshake_response41(payload, caps)
+            if isinstance(response, my.SSLRequest):
+                raise my.ProtocolViolation("a second SSLRequest")
+        self._reply_seq = my.next_seq(seq)
+        if self.f.settings.tls.mode == "require" and not self.on_tls:
+            raise MySQLError(
+                ER_SECURE_TRANSPORT_REQUIRED, "HY000", "QueryBase requires TLS on this port: connect with SSL"
+            )
+        self.capabilities = response.capabilities
+        self.user = response.user
+        self.source = response.database or ""
+        self.log = self.log.bind(user=self.user)
+        login = await self.f.catalog.user_login(self.user)
+        usable = login is not None and login.active
+        plugin, answer, nonce, seq = response.auth_plugin or NATIVE, response.auth_response, scramble, seq
+        if plugin not in (CACHING_SHA2, NATIVE):
+            # Switch to the plugin every client has; the new scramble guards against replay.
+            nonce = bytes(secrets.choice(range(1, 128)) for _ in range(my.SCRAMBLE_LENGTH))
+            seq = my.next_seq(seq)
+            self.transport.write(
+                my.make_packets(my.make_auth_switch_request(NATIVE, nonce + b"\x00"), seq)[0]
+            )
+            seq, answer = await self._read()
+            plugin = NATIVE
+        ok = False
+        if login is not None and usable:
+            if plugin == CACHING_SHA2:
+                ok = verify_caching_sha2_scramble(login.sha256_sha256, nonce, answer)
+            else:
+                ok = verify_native_scramble(login.sha1_sha1, nonce, answer)
+        seq = my.next_seq(seq)
+        self._reply_seq = seq
+        if not ok:
+            self.log.info("login_failed", reason="wrong password" if usable else "unknown or disabled user")
+            host = self.peer.rpartition(":")[0]
+            used = "YES" if answer else "NO"
+            raise MySQLError(
+                ER_ACCESS_DENIED,
+                "28000",
+                f"Access denied for user '{self.user}'@'{host}' (using password: {used})",
+            )
+        if plugin == CACHING_SHA2:
+            self.transport.write(my.make_packets(my.make_auth_more_data(b"\x03"), seq)[0])
+            seq = my.next_seq(seq)
+            self._reply_seq = seq
+        return seq
+
+    async def _choose_source(self) -> SourceCredentials:
+        if self.source:
+            try:
+                creds = await self.f.catalog.source_credentials(self.source)
+            except NotFound:
+                raise MySQLError(
+                    ER_BAD_DB, "42000", f"Unknown database '{self.source}' (no QueryBase source of that name)"
+                ) from None
+            if creds.view.engine != "mysql":
+                raise MySQLError(
+                    ER_BAD_DB,
+                    "42000",
+                    f"source '{self.source}' is a PostgreSQL source: use the PostgreSQL port",
+                )
+            return creds
+        reachable = []
+        for view in await self.f.catalog.list_sources():
+            if view.engine == "mysql" and (await self.f.catalog.levels(self.user, view.name))[0] is not None:
+                reachable.append(view.name)
+        if len(reachable) != 1:
+            names = ", ".join(reachable) or "none"
+            raise MySQLError(1046, "3D000", f"No database selected: name a source; yours are: {names}")
+        self.source = reachable[0]
+        return await self.f.catalog.source_credentials(self.source)
+
+    async def _attach_source(self, seq: int) -> None:
+        assert self.transport is not None
+        creds = await self._choose_source()
+        self.log = self.log.bind(source=self.source)
+        level, _ = await self.f.catalog.levels(self.user, self.source)
+        if level is None:
+            raise MySQLError(
+                ER_DBACCESS_DENIED,
+                "42000",
+                f"Access denied for user '{self.user}' to database '{self.source}'",
+            )
+        self.level = level
+        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.allowed_schemas = creds.view.allowed_schemas
+        role = "write" if level is Level.WRITE else "read"
+        params = (
+            ("capabilities", str(int(self.capabilities & _UPSTREAM_CAPS))),
+            ("charset", str(my.UTF8MB4_GENERAL_CI)),
+            ("schema", creds.view.database),
+        )
+        self.pool = self.f.pool(creds, role)
+        upstream = await self.pool.acquire(params)
+        if self._closed:
+            await self.pool.release(upstream)
+            return
+        self.upstream = upstream
+        self.transport.write(my.make_packets(my.make_ok(status=upstream.status), seq)[0])
+        upstream.attach(self)
+        self._ready = True
+        self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
+        self._process()
+
+    # ---------------------------------------------------------------------------------- relay
+
+    def _process(self) -> None:
+        """Handle the next buffered command if no response is outstanding."""
+        while not self._closed and not self._busy and self._in_flight is None:
+            try:
+                found = self.reader.next()
+                if found is None:
+                    return
+                _, payload = found
+                if not payload:
+                    raise my.ProtocolViolation("empty command packet")
+                command, body = my.parse_command(payload)
+            except my.UnknownCommand as exc:
+                self._send_err(MySQLError(1047, "08S01", exc.message), 1)
+                continue
+            except my.ProtocolViolation as exc:
+                self._fatal(exc)
+                return
+            handler = _HANDLERS.get(command, MySQLSession._on_forward)
+            try:
+                handler(self, command, body, payload)
+            except my.ProtocolViolation as exc:
+                self._fatal(exc)
+                return
+            except MySQLError as exc:
+                self._send_err(exc, 1)
+
+    def _forward(self, command: my.Command, payload: bytes) -> None:
+        assert self.upstream is not None
+        scanner = self._scanner
+        if scanner is None:
+            deprecate = bool(self.upstream.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
+            scanner = self._scanner = my.ResultScanner(deprecate, self.upstream.status)
+        try:
+            expects_reply = scanner.start(command)
+        except ValueError:
+            raise MySQLError(
+                ER_NOT_SUPPORTED, "42000", f"{command.name} is not supported through QueryBase"
+            ) from None
+        self.upstream.transport.write(my.make_packets(payload, 0)[0])
+        if expects_reply:
+            self._in_flight = command
+            self._pause("response")
+
+    def _decide(self, c: Classification) -> Verdict:
+        if c.executes is not None:
+            prepared = self._sql_prepared.get(c.executes)
+            if prepared is not None and (c.kind is Kind.UNKNOWN or STRICTNESS[prepared] > STRICTNESS[c.kind]):
+                c = replace(c, kind=prepared)
+        assert self.level is not None
+        return decide(c, self.level, self.policy)
+
+    def _on_query(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        sql = my.parse_query(body)
+        kill = _KILL.match(sql)
+        if kill is not None:
+            self._kill(kill.group(1) or "CONNECTION", int(kill.group(2)))
+            return
+        c = classify_mysql_cached(sql)
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD:
+            if c.prepares is not None:
+                self._sql_prepared[c.prepares] = c.kind
+            self._forward(command, payload)
+            return
+        self._refuse(verdict, sql, c, None)
+
+    def _on_prepare(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        sql = my.parse_stmt_prepare(body)
+        c = classify_mysql_cached(sql)
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD:
+            self._pending_prepare = _Prepared(sql, c)
+            self._forward(command, payload)
+        elif verdict.action is Action.DENY:
+            self._refuse(verdict, sql, c, None)
+        else:
+            self._prepare_virtual(sql, c)
+
+    def _prepare_virtual(self, sql: str, c: Classification) -> None:
+        """A write to be held at COM_STMT_EXECUTE: the read-only upstream would refuse even to
+        prepare it (MariaDB does), so QueryBase answers the PREPARE itself with its own id."""
+        params = count_placeholders(sql)
+        if params < 0:
+            raise MySQLError(1064, "42000", "QueryBase could not read the statement's parameters")
+        statement_id, self._next_virtual = self._next_virtual, self._next_virtual + 1
+        self._statements[statement_id] = _Prepared(sql, c, params, virtual=True)
+        deprecate_eof = bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
+        payloads = [my.make_stmt_prepare_ok(statement_id, 0, params)]
+        payloads += [my.make_column_definition("?") for _ in range(params)]
+        if params and not deprecate_eof:
+            payloads.append(my.make_eof(status=self._status()))
+        assert self.transport is not None
+        self.transport.write(b"".join(my.make_packets(p, seq)[0] for seq, p in enumerate(payloads, start=1)))
+
+    def _status(self) -> my.ServerStatus:
+        return self.upstream.status if self.upstream is not None else my.ServerStatus.SERVER_STATUS_AUTOCOMMIT
+
+    def _on_execute(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        statement_id = int.from_bytes(body[:4], "little") if len(body) >= 4 else -1
+        prepared = self._statements.get(statement_id)
+        c = (
+            prepared.classification
+            if prepared is not None
+            else Classification(
+                Kind.UNKNOWN, reason=f"statement {statement_id} was not prepared by this session"
+            )
+        )
+        verdict = self._decide(c)
+        if verdict.action is Action.FORWARD and prepared is not None and prepared.virtual:
+            # Prepared while the user could not write, executed now that they can: not upstream.
+            raise MySQLError(
+                1243, "HY000", "the statement was prepared while writes were held: prepare it again"
+            )
+        if verdict.action is Action.FORWARD:
+            if prepared is not None and prepared.params:
+                try:
+                    execute = my.parse_stmt_execute(body, prepared.params, prepared.types)
+                    prepared.types = execute.types or prepared.types
+                except my.ProtocolViolation:
+                    pass  # the upstream will answer it
+            self._forward(command, payload)
+            return
+        parameters = None
+        if prepared is not None:
+            try:
+                execute = my.parse_stmt_execute(body, prepared.params, prepared.types)
+                parameters = [
+                    {
+                        "type": int(kind),
+                        "unsigned": unsigned,
+                        "value_b64": None if raw is None else base64.b64encode(raw).decode(),
+                    }
+                    for (kind, unsigned), raw in zip(execute.param_types(), execute.values, strict=False)
+                ]
+            except my.ProtocolViolation:
+                parameters = None
+        self._refuse(verdict, prepared.sql if prepared else "", c, parameters)
+
+    def _on_close_statement(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        prepared = self._statements.pop(my.parse_statement_id(body), None)
+        if prepared is None or not prepared.virtual:
+            self._forward(command, payload)
+
+    def _on_statement_command(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        # COM_STMT_RESET / SEND_LONG_DATA / FETCH on a virtual statement stay with QueryBase.
+        prepared = self._statements.get(my.parse_statement_id(body[:4], command.name))
+        if prepared is None or not prepared.virtual:
+            self._forward(command, payload)
+        elif command is my.Command.COM_STMT_RESET:
+            self._reply_ok()
+        elif command is my.Command.COM_STMT_FETCH:
+            raise MySQLError(1421, "HY000", "the statement was held for approval: it has no cursor")
+
+    def _on_init_db(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        schema = my.parse_init_db(body)
+        if self.allowed_schemas is not None and schema not in self.allowed_schemas:
+            raise MySQLError(
+                ER_DBACCESS_DENIED, "42000", f"schema '{schema}' is not allowed on source '{self.source}'"
+            )
+        self._forward(command, payload)
+
+    def _on_quit(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _on_change_user(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        raise MySQLError(
+            ER_NOT_SUPPORTED, "42000", "COM_CHANGE_USER is not supported through QueryBase yet: reconnect"
+        )
+
+    def _on_forward(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        self._forward(command, payload)
+
+    # ------------------------------------------------------------------------ KILL, refusals
+
+    def _kill(self, what: str, target_id: int) -> None:
+        target = self.f.sessions.get(target_id)
+        if target is None or target.user != self.user or target.upstream is None:
+            raise MySQLError(ER_NO_SUCH_THREAD, "HY000", f"Unknown thread id: {target_id}")
+        if what.upper() == "QUERY":
+            self._busy = True
+            self._spawn(self._finish_kill(target))
+        else:
+            target.shutdown()
+            self._reply_ok()
+
+    async def _finish_kill(self, target: MySQLSession) -> None:
+        try:
+            if target.upstream is not None:
+                await target.upstream.kill_query()
+            self._reply_ok()
+        finally:
+            self._busy = False
+        self._process()
+
+    def _reply_ok(self) -> None:
+        if self.transport is not None:
+            self.transport.write(my.make_packets(my.make_ok(status=self._status()), 1)[0])
+
+    def _refuse(
+        self, verdict: Verdict, sql: str, c: Classification, parameters: list[dict[str, Any]] | None
+    ) -> None:
+        if verdict.action is Action.DENY:
+            self.log.info("statement_denied", kind=verdict.kind.value, reason=verdict.reason)
+            errno = ER_SPECIFIC_ACCESS_DENIED if verdict.kind is Kind.PRIVILEGED else ER_TABLEACCESS_DENIED
+            raise MySQLError(
+                errno,
+                "42000",
+                f"permission denied: {verdict.reason} "
+                f"(user '{self.user}' has {self.level} on source '{self.source}')",
+            )
+        self._busy = True
+        self._pause("refuse")
+        self._spawn(self._hold(sql, c, parameters))
+
+    async def _hold(self, sql: str, c: Classification, parameters: list[dict[str, Any]] | None) -> None:
+        facts = {
+            "protocol": "mysql",
+            "client_addr": self.peer,
+            "connection_id": self.connection_id,
+            "schema": self.upstream.schema if self.upstream is not None else "",
+            "tls": self.on_tls,
+        }
+        try:
+            try:
+                request_id = await create_request(
+                    self.f.store,
+                    user=self.user,
+                    source=self.source,
+                    held=HeldStatement(sql, c, parameters, facts),
+                )
+            except Exception as exc:
+                self.log.exception("hold_failed")
+                self._send_err(
+                    MySQLError(1105, "HY000", f"the write could not be held for approval: {exc}"), 1
+                )
+            else:
+                self.log.info("statement_held", kind=c.kind.value, request=request_id)
+                self._send_err(
+                    MySQLError(
+                        ER_HELD,
+                        "HY000",
+                        f'write held for approval as change request #{request_id} on source "{self.source}"; '
+                        "it did not run and runs once, exactly as sent, when an approver approves it",
+                    ),
+                    1,
+                )
+        finally:
+            self._busy = False
+            self._resume("refuse")
+        self._process()
+
+
+_HANDLERS: dict[my.Command, Callable[[MySQLSession, my.Command, bytes, bytes], None]] = {
+    my.Command.COM_QUERY: MySQLSession._on_query,
+    my.Command.COM_STMT_PREPARE: MySQLSession._on_prepare,
+    my.Command.COM_STMT_EXECUTE: MySQLSession._on_execute,
+    my.Command.COM_STMT_CLOSE: MySQLSession._on_close_statement,
+    my.Command.COM_STMT_RESET: MySQLSession._on_statement_command,
+    my.Command.COM_STMT_SEND_LONG_DATA: MySQLSession._on_statement_command,
+    my.Command.COM_STMT_FETCH: MySQLSession._on_statement_command,
+    my.Command.COM_INIT_DB: MySQLSession._on_init_db,
+    my.Command.COM_QUIT: MySQLSession._on_quit,
+    my.Command.COM_CHANGE_USER: MySQLSession._on_change_user,
+}

@@ -1,0 +1,336 @@
+"""Upstream MySQL/MariaDB connections: login with the source's credentials, read-only role, reset.
+
+Like `proxy.pg.upstream`: control mode (login, reset) reads whole payloads through a
+`PacketReader`; relay mode (`attach(sink)`) hands every received chunk to the client session.
+Authentication: mysql_native_password and caching_sha2_password (fast path; full authentication
+over TLS, or with the server's RSA key when not on TLS), following AuthSwitchRequest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+from typing import cast
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from proxy.errors import QueryBaseError
+from proxy.mysql import protocol as my
+from proxy.pool import UpstreamConnectError
+from proxy.tlsfiles import upstream_context
+
+CONNECT_TIMEOUT = 10.0
+RESET_TIMEOUT = 10.0
+NATIVE = "mysql_native_password"
+CACHING_SHA2 = "caching_sha2_password"
+READ_ONLY_SQL = "SET SESSION TRANSACTION READ ONLY"
+
+
+class UpstreamSink(TypingProtocol):
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class UpstreamTarget:
+    source: str
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str | None
+    tls: str
+    read_only: bool
+
+
+class UpstreamError(QueryBaseError):
+    sqlstate = "08S01"
+    mysql_errno = 2013  # CR_SERVER_LOST
+    code = "upstream"
+
+
+def scramble_native(password: str, nonce: bytes) -> bytes:
+    """mysql_native_password: SHA1(pw) XOR SHA1(nonce ‖ SHA1(SHA1(pw)))."""
+    if not password:
+        return b""
+    stage1 = hashlib.sha1(password.encode()).digest()  # noqa: S324 - the protocol's hash
+    mask = hashlib.sha1(nonce[:20] + hashlib.sha1(stage1).digest()).digest()  # noqa: S324
+    return bytes(a ^ b for a, b in zip(stage1, mask, strict=True))
+
+
+def scramble_caching_sha2(password: str, nonce: bytes) -> bytes:
+    """caching_sha2_password fast path: SHA256(pw) XOR SHA256(SHA256(SHA256(pw)) ‖ nonce)."""
+    if not password:
+        return b""
+    stage1 = hashlib.sha256(password.encode()).digest()
+    mask = hashlib.sha256(hashlib.sha256(stage1).digest() + nonce[:20]).digest()
+    return bytes(a ^ b for a, b in zip(stage1, mask, strict=True))
+
+
+def _auth_response(plugin: str, password: str, nonce: bytes) -> bytes:
+    if plugin == NATIVE:
+        return scramble_native(password, nonce)
+    if plugin == CACHING_SHA2:
+        return scramble_caching_sha2(password, nonce)
+    raise UpstreamError(f"upstream asks for unsupported authentication plugin {plugin!r}")
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reader = my.PacketReader()
+        self.sink: UpstreamSink | None = None
+        self.lost = False
+        self.lost_exc: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(data)
+            return
+        self.reader.feed(data)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_exc = True, exc
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.sink is not None:
+            self.sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    async def read_payload(self) -> tuple[int, bytes]:
+        while True:
+            found = self.reader.next()
+            if found is not None:
+                return found
+            if self.lost:
+                raise UpstreamError(f"upstream closed the connection: {self.lost_exc or 'EOF'}")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class UpstreamConnection:
+    """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
+
+    def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
+        self.target = target
+        self.params = params
+        opts = dict(params)
+        self.capabilities = my.Capability(int(opts.get("capabilities", "0")))
+        self.charset = int(opts.get("charset", str(my.UTF8MB4_GENERAL_CI)))
+        self.schema = opts.get("schema") or target.database
+        self.server_version = ""
+        self.thread_id = 0
+        self.status = my.ServerStatus.SERVER_STATUS_AUTOCOMMIT
+        self.on_tls = False
+        self._protocol = _Protocol()
+        self._transport: asyncio.Transport | None = None
+
+    @classmethod
+    async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
+        conn = cls(target, params)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await conn._open()
+        except TimeoutError:
+            conn.close()
+            raise UpstreamConnectError(
+                f"upstream {target.host}:{target.port} of source {target.source!r} did not answer "
+                f"within {CONNECT_TIMEOUT:g}s"
+            ) from None
+        except OSError as exc:
+            conn.close()
+            raise UpstreamConnectError(
+                f"cannot connect to upstream {target.host}:{target.port} of source {target.source!r}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except QueryBaseError as exc:
+            conn.close()
+            raise UpstreamConnectError(f"upstream of source {target.source!r}: {exc.message}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        target = self.target
+        transport, _ = await loop.create_connection(lambda: self._protocol, target.host, target.port)
+        self._transport = transport
+        seq, payload = await self._protocol.read_payload()
+        if payload[:1] == b"\xff":
+            raise UpstreamError(my.parse_err(payload).message)
+        hello = my.parse_handshake_v10(payload)
+        self.server_version, self.thread_id, self.status = (
+            hello.server_version,
+            hello.connection_id,
+            hello.status,
+        )
+        wanted = self.capabilities | my.Capability.CLIENT_PROTOCOL_41 | my.Capability.CLIENT_SECURE_CONNECTION
+        wanted |= my.Capability.CLIENT_PLUGIN_AUTH | my.Capability.CLIENT_TRANSACTIONS
+        missing = (self.capabilities & ~hello.capabilities) & ~my.Capability.CLIENT_SSL
+        if missing:
+            raise UpstreamError(f"upstream lacks capabilities the client needs: {missing!r}")
+        caps = wanted & hello.capabilities
+        seq = my.next_seq(seq)
+        if target.tls != "disable" and hello.capabilities & my.Capability.CLIENT_SSL:
+            caps |= my.Capability.CLIENT_SSL
+            self.transport.write(my.make_packets(my.make_ssl_request(caps, self.charset), seq)[0])
+            seq = my.next_seq(seq)
+            new = await loop.start_tls(
+                self.transport, self._protocol, upstream_context(), server_hostname=target.host
+            )
+            self._transport = cast(asyncio.Transport, new)
+            self.on_tls = True
+        elif target.tls == "require":
+            raise UpstreamError(f"upstream of source {target.source!r} does not offer TLS")
+        else:
+            caps &= ~my.Capability.CLIENT_SSL
+        self.capabilities = caps
+        plugin = hello.auth_plugin or NATIVE
+        password = target.password or ""
+        response = _auth_response(plugin, password, hello.scramble)
+        login = my.make_handshake_response41(
+            caps, target.user, response, self.schema, plugin, charset=self.charset
+        )
+        self.transport.write(my.make_packets(login, seq)[0])
+        await self._finish_auth(plugin, password, hello.scramble)
+        if target.read_only:
+            await self.simple_query(READ_ONLY_SQL)
+
+    async def _finish_auth(self, plugin: str, password: str, nonce: bytes) -> None:
+        while True:
+            seq, payload = await self._protocol.read_payload()
+            head = payload[:1]
+            reply_seq = my.next_seq(seq)
+            if head == b"\x00":
+                self.status = my.parse_ok(payload, self.capabilities).status
+                return
+            if head == b"\xff":
+                err = my.parse_err(payload)
+                raise UpstreamError(f"login refused: {err.message} (errno {err.errno})")
+            if head == b"\xfe":
+                switch = my.parse_auth_switch_request(payload)
+                plugin, nonce = switch.plugin, switch.data
+                self.transport.write(my.make_packets(_auth_response(plugin, password, nonce), reply_seq)[0])
+            elif head == b"\x01" and plugin == CACHING_SHA2:
+                data = my.parse_auth_more_data(payload)
+                if data == b"\x03":
+                    continue  # fast path succeeded; OK follows
+                if data == b"\x04":  # full authentication
+                    if self.on_tls:
+                        self.transport.write(my.make_packets(password.encode() + b"\x00", reply_seq)[0])
+                    else:
+                        self.transport.write(my.make_packets(b"\x02", reply_seq)[0])  # ask for the key
+                elif data.startswith(b"-----BEGIN"):
+                    key = serialization.load_pem_public_key(data)
+                    if not isinstance(key, rsa.RSAPublicKey):
+                        raise UpstreamError("upstream sent a non-RSA public key")
+                    plain = password.encode() + b"\x00"
+                    masked = bytes(b ^ nonce[i % len(nonce)] for i, b in enumerate(plain))
+                    sealed = key.encrypt(
+                        masked,
+                        padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None),  # noqa: S303
+                    )
+                    self.transport.write(my.make_packets(sealed, reply_seq)[0])
+                else:
+                    raise UpstreamError("unexpected caching_sha2_password exchange from upstream")
+            else:
+                raise UpstreamError(f"unexpected upstream packet during login: {payload[:1]!r}")
+
+    async def simple_query(self, sql: str) -> None:
+        """Run one statement in control mode; raise UpstreamError on ERR."""
+        self.transport.write(my.make_packets(my.make_query(sql), 0)[0])
+        scanner = my.ResultScanner(bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF), self.status)
+        scanner.start(my.Command.COM_QUERY)
+        while True:
+            _, payload = await self._protocol.read_payload()
+            if scanner.feed(payload) is my.ScanEvent.DONE:
+                break
+        self.status = scanner.status
+        if scanner.error is not None:
+            raise UpstreamError(f"{sql}: {scanner.error.message} (errno {scanner.error.errno})")
+
+    async def _simple_command(self, command: my.Command, body: bytes = b"") -> None:
+        self.transport.write(my.make_packets(my.make_command(command, body), 0)[0])
+        _, payload = await self._protocol.read_payload()
+        if payload[:1] == b"\xff":
+            raise UpstreamError(my.parse_err(payload).message)
+        if payload[:1] == b"\x00":
+            self.status = my.parse_ok(payload, self.capabilities).status
+
+    # ------------------------------------------------------------------------------- relay
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+    @property
+    def broken(self) -> bool:
+        return self._protocol.lost or self._transport is None or self._transport.is_closing()
+
+    def attach(self, sink: UpstreamSink) -> None:
+        if self._protocol.reader.buffered:
+            raise UpstreamError("upstream sent unsolicited data while idle")
+        self._protocol.sink = sink
+        if self._protocol.lost:
+            sink.upstream_lost(self._protocol.lost_exc)
+
+    def detach(self) -> None:
+        self._protocol.sink = None
+        self._protocol.reader = my.PacketReader()
+
+    async def reset(self) -> bool:
+        """COM_RESET_CONNECTION, back to the pool's schema, read-only again; False if unusable."""
+        self.detach()
+        if self.broken:
+            return False
+        try:
+            async with asyncio.timeout(RESET_TIMEOUT):
+                await self._simple_command(my.Command.COM_RESET_CONNECTION)
+                await self._simple_command(my.Command.COM_INIT_DB, self.schema.encode())
+                if self.target.read_only:
+                    await self.simple_query(READ_ONLY_SQL)
+        except (TimeoutError, QueryBaseError):
+            return False
+        return True
+
+    async def kill_query(self) -> None:
+        """KILL QUERY this connection's thread, from a new connection of the same login."""
+        helper: UpstreamConnection | None = None
+        try:
+            helper = await UpstreamConnection.connect(self.target, self.params)
+            await helper.simple_query(f"KILL QUERY {int(self.thread_id)}")
+        except QueryBaseError:
+            pass
+        finally:
+            if helper is not None:
+                helper.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            try:
+                self._transport.write(my.make_packets(my.make_command(my.Command.COM_QUIT), 0)[0])
+            finally:
+                self._transport.close()
