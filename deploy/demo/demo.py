@@ -363,9 +363,9 @@ def instructions(settings: Settings, demo_dir: Path, sources: Sequence[DemoSourc
     lines += [
         "",
         "  Try as alice: SELECT * FROM customers LIMIT 5;  then  UPDATE products SET price = 0;",
-        "  (held for approval: SQLSTATE QB001). As carol the UPDATE is denied (42501).",
-        "  Not built yet: the MySQL front end (`serve` logs `listener_not_built` for its port,",
-        "  so the mariadb command gets `connection refused` until it lands).",
+        "  The UPDATE is held for approval (PostgreSQL: SQLSTATE QB001; MySQL: ERROR 9001).",
+        "  As carol it is denied (PostgreSQL 42501; MySQL 1142). Reviewing held requests",
+        "  arrives with the change-request issue.",
         "",
     ]
     if admin is not None:

@@ -127,7 +127,7 @@ def test_demo_sets_up_twice_and_comes_down(localdb_dir: Path) -> None:
             assert f"http://{HOST}:{qb_admin}" in run.stdout
             for password in ("admin-demo-pw", "alice-demo-pw", "bob-demo-pw", "carol-demo-pw"):
                 assert password in run.stdout
-            assert "listener_not_built" in run.stdout
+            assert "held for approval" in run.stdout
         assert "started on" in first.stdout
         # The second run adopted both servers and found the whole catalog in place.
         assert second.stdout.count("already running on") == 2, _output(second)
