@@ -35,6 +35,7 @@ from policies.mysql import count_placeholders
 from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
+from proxy.limits import LoginFailed, LoginLimiter
 from proxy.mysql import protocol as my
 from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection, UpstreamTarget
 from proxy.pool import Pool
@@ -91,6 +92,7 @@ class MySQLFrontend:
         self.server_version = DEFAULT_SERVER_VERSION
         self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[int, MySQLSession] = {}
+        self.limiter = LoginLimiter()
         self._ids = itertools.count(1)
 
     def protocol(self) -> MySQLSession:
@@ -433,6 +435,11 @@ class MySQLSession(asyncio.Protocol):
         self.user = response.user
         self.source = response.database or ""
         self.log = self.log.bind(user=self.user)
+        address = self.peer.rpartition(":")[0]
+        try:
+            self.f.limiter.check(self.user, address)
+        except LoginFailed as exc:
+            raise MySQLError(ER_ACCESS_DENIED, "28000", exc.message) from None
         login = await self.f.catalog.user_login(self.user)
         usable = login is not None and login.active
         plugin, answer, nonce, seq = response.auth_plugin or NATIVE, response.auth_response, scramble, seq
@@ -454,6 +461,7 @@ class MySQLSession(asyncio.Protocol):
         seq = my.next_seq(seq)
         self._reply_seq = seq
         if not ok:
+            self.f.limiter.failure(self.user, address)
             self.log.info("login_failed", reason="wrong password" if usable else "unknown or disabled user")
             host = self.peer.rpartition(":")[0]
             used = "YES" if answer else "NO"

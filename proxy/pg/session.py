@@ -25,7 +25,6 @@ import asyncio
 import base64
 import secrets
 import ssl
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from policies.decide import decide_cached as decide
 from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
+from proxy.limits import LoginFailed, LoginLimiter
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
 from proxy.pg.upstream import UpstreamConnection, UpstreamTarget
@@ -51,11 +51,6 @@ log = structlog.get_logger("querybase.pg")
 
 LOGIN_TIMEOUT = 60.0
 _NOT_FORWARDED_PARAMS = frozenset({"user", "database", "replication"})
-
-
-class LoginFailed(QueryBaseError):
-    sqlstate = "28P01"  # invalid_password
-    code = "login_failed"
 
 
 class AccessDenied(QueryBaseError):
@@ -73,36 +68,6 @@ class UnknownSource(QueryBaseError):
 class TLSRequired(QueryBaseError):
     sqlstate = "28000"  # invalid_authorization_specification
     code = "tls_required"
-
-
-class LoginLimiter:
-    """Failed logins per user and per client address in a sliding window; past the limit, refuse."""
-
-    def __init__(self, per_user: int = 5, per_address: int = 20, window: float = 60.0) -> None:
-        self._limits = {"user": per_user, "address": per_address}
-        self._window = window
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
-        while times and now - times[0] > self._window:
-            times.popleft()
-        return times
-
-    def check(self, user: str, address: str) -> None:
-        now = time.monotonic()
-        for kind, value in (("user", user), ("address", address)):
-            if len(self._recent((kind, value), now)) >= self._limits[kind]:
-                raise LoginFailed(
-                    f"too many failed logins for this {kind}; try again in {self._window:g} seconds"
-                )
-
-    def failure(self, user: str, address: str) -> None:
-        now = time.monotonic()
-        for key in (("user", user), ("address", address)):
-            self._recent(key, now).append(now)
-        if len(self._failures) > 100_000:  # bound memory under a spray of names
-            self._failures.clear()
 
 
 class PgFrontend:

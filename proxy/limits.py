@@ -1,0 +1,44 @@
+"""Failed-login limits shared by both protocols: per user and per client address, sliding window."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from proxy.errors import QueryBaseError
+
+
+class LoginFailed(QueryBaseError):
+    sqlstate = "28P01"  # invalid_password
+    mysql_errno = 1045  # ER_ACCESS_DENIED_ERROR
+    code = "login_failed"
+
+
+class LoginLimiter:
+    """Failed logins per user and per client address in a sliding window; past the limit, refuse."""
+
+    def __init__(self, per_user: int = 5, per_address: int = 20, window: float = 60.0) -> None:
+        self._limits = {"user": per_user, "address": per_address}
+        self._window = window
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+
+    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
+        times = self._failures.setdefault(key, deque())
+        while times and now - times[0] > self._window:
+            times.popleft()
+        return times
+
+    def check(self, user: str, address: str) -> None:
+        now = time.monotonic()
+        for kind, value in (("user", user), ("address", address)):
+            if len(self._recent((kind, value), now)) >= self._limits[kind]:
+                raise LoginFailed(
+                    f"too many failed logins for this {kind}; try again in {self._window:g} seconds"
+                )
+
+    def failure(self, user: str, address: str) -> None:
+        now = time.monotonic()
+        for key in (("user", user), ("address", address)):
+            self._recent(key, now).append(now)
+        if len(self._failures) > 100_000:  # bound memory under a spray of names
+            self._failures.clear()
