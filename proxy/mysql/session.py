@@ -37,8 +37,9 @@ from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
 from proxy.mysql import protocol as my
-from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection, UpstreamTarget
+from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
 from proxy.pool import Pool
+from proxy.relay import Params, RelaySession, UpstreamTarget, source_pool
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
@@ -130,32 +131,12 @@ class MySQLFrontend:
         return connection_id
 
     def pool(self, creds: SourceCredentials, role: str) -> Pool[UpstreamConnection]:
-        view = creds.view
-        key = (view.name, role)
-        pool = self.pools.get(key)
-        if pool is None:
-            writer = role == "write" and view.write_user is not None
-            target = UpstreamTarget(
-                source=view.name,
-                host=view.host,
-                port=view.port,
-                database=view.database,
-                user=view.write_user if writer and view.write_user else view.read_user,
-                password=creds.write_password if writer else creds.read_password,
-                tls=view.tls,
-                read_only=role == "read",
-            )
+        async def connect(target: UpstreamTarget, params: Params) -> UpstreamConnection:
+            conn = await UpstreamConnection.connect(target, params)
+            self.server_version = conn.server_version  # show what the databases report
+            return conn
 
-            async def connect(params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
-                conn = await UpstreamConnection.connect(target, params)
-                self.server_version = conn.server_version  # show what the databases report
-                return conn
-
-            pool = Pool(
-                f"{view.name}/{role}", connect, size=view.pool_size, timeout=view.pool_timeout_seconds
-            )
-            self.pools[key] = pool
-        return pool
+        return source_pool(self.pools, creds, role, connect)
 
     async def close(self) -> None:
         for session in list(self.sessions.values()):
@@ -176,10 +157,11 @@ class _Prepared:
 VIRTUAL_STATEMENT_BASE = 0x7F000000  # virtual statement ids, far above what servers hand out
 
 
-class MySQLSession(asyncio.Protocol):
+class MySQLSession(RelaySession):
     """One client connection."""
 
     def __init__(self, frontend: MySQLFrontend) -> None:
+        super().__init__()
         self.f = frontend
         self.transport: asyncio.Transport | None = None
         self.reader = my.PacketReader()
@@ -199,7 +181,6 @@ class MySQLSession(asyncio.Protocol):
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._scanner: my.ResultScanner | None = None
         self._upstream_reader = my.PacketReader()
         self._in_flight: my.Command | None = None
@@ -209,7 +190,6 @@ class MySQLSession(asyncio.Protocol):
         self._sql_prepared: dict[str, Kind] = {}
         self._busy = False
         self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
-        self._paused: set[str] = set()
 
     # --------------------------------------------------------------------- transport events
 
@@ -239,22 +219,13 @@ class MySQLSession(asyncio.Protocol):
             self._waiter.set_result(None)
         if self._login_task is not None and not self._login_task.done():
             self._login_task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
         if self.upstream is not None and self.pool is not None:
             upstream, pool, self.upstream = self.upstream, self.pool, None
             busy = self._in_flight is not None or self._busy
             self._spawn(self._give_back(upstream, pool, busy))
         if self._ready:
             self.log.info("disconnected")
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None and not self.upstream.broken:
-            self.upstream.transport.resume_reading()
 
     def upstream_data(self, data: bytes) -> None:
         if self.transport is not None and not self._hidden:
@@ -316,27 +287,6 @@ class MySQLSession(asyncio.Protocol):
         )
         self.transport.close()
 
-    def upstream_pause_writing(self) -> None:
-        self._pause("upstream")
-
-    def upstream_resume_writing(self) -> None:
-        self._resume("upstream")
-
-    def _pause(self, reason: str) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        self._paused.discard(reason)
-        if not self._paused and self.transport is not None and not self._closed:
-            self.transport.resume_reading()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def shutdown(self) -> None:
         if self.transport is not None and not self._closed:
             self._send_err(MySQLError(1053, "08S01", "QueryBase is shutting down"), 0)
@@ -355,13 +305,6 @@ class MySQLSession(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
         self._closed = True
-
-    async def _give_back(
-        self, upstream: UpstreamConnection, pool: Pool[UpstreamConnection], busy: bool
-    ) -> None:
-        if busy and not upstream.broken:
-            await upstream.kill_query()  # stop the work a vanished client left running
-        await pool.release(upstream, reusable=not busy)
 
     # ---------------------------------------------------------------------------------- login
 
@@ -725,7 +668,7 @@ class MySQLSession(asyncio.Protocol):
     async def _finish_kill(self, target: MySQLSession) -> None:
         try:
             if target.upstream is not None:
-                await target.upstream.kill_query()
+                await target.upstream.stop_running()
             self._reply_ok()
         finally:
             self._busy = False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 from typing import cast
 
@@ -19,10 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from proxy.errors import QueryBaseError
 from proxy.mysql import protocol as my
-from proxy.pool import UpstreamConnectError
+from proxy.relay import UpstreamTarget, guarded_open
 from proxy.tlsfiles import upstream_context
 
-CONNECT_TIMEOUT = 10.0
 RESET_TIMEOUT = 10.0
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
@@ -37,18 +35,6 @@ class UpstreamSink(TypingProtocol):
     def upstream_pause_writing(self) -> None: ...
 
     def upstream_resume_writing(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class UpstreamTarget:
-    source: str
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str | None
-    tls: str
-    read_only: bool
 
 
 class UpstreamError(QueryBaseError):
@@ -149,27 +135,7 @@ class UpstreamConnection:
     @classmethod
     async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
         conn = cls(target, params)
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await conn._open()
-        except TimeoutError:
-            conn.close()
-            raise UpstreamConnectError(
-                f"upstream {target.host}:{target.port} of source {target.source!r} did not answer "
-                f"within {CONNECT_TIMEOUT:g}s"
-            ) from None
-        except OSError as exc:
-            conn.close()
-            raise UpstreamConnectError(
-                f"cannot connect to upstream {target.host}:{target.port} of source {target.source!r}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        except QueryBaseError as exc:
-            conn.close()
-            raise UpstreamConnectError(f"upstream of source {target.source!r}: {exc.message}") from None
-        except BaseException:
-            conn.close()
-            raise
+        await guarded_open(target, conn._open, conn.close)
         return conn
 
     async def _open(self) -> None:
@@ -316,7 +282,7 @@ class UpstreamConnection:
             return False
         return True
 
-    async def kill_query(self) -> None:
+    async def stop_running(self) -> None:
         """KILL QUERY this connection's thread, from a new connection of the same login."""
         helper: UpstreamConnection | None = None
         try:

@@ -40,8 +40,9 @@ from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
-from proxy.pg.upstream import UpstreamConnection, UpstreamTarget
+from proxy.pg.upstream import UpstreamConnection
 from proxy.pool import Pool
+from proxy.relay import RelaySession, source_pool
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
@@ -94,30 +95,7 @@ class PgFrontend:
         return PgSession(self)
 
     def pool(self, creds: SourceCredentials, role: str) -> Pool[UpstreamConnection]:
-        view = creds.view
-        key = (view.name, role)
-        pool = self.pools.get(key)
-        if pool is None:
-            writer = role == "write" and view.write_user is not None
-            target = UpstreamTarget(
-                source=view.name,
-                host=view.host,
-                port=view.port,
-                database=view.database,
-                user=view.write_user if writer and view.write_user else view.read_user,
-                password=creds.write_password if writer else creds.read_password,
-                tls=view.tls,
-                read_only=role == "read",
-            )
-
-            async def connect(params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
-                return await UpstreamConnection.connect(target, params)
-
-            pool = Pool(
-                f"{view.name}/{role}", connect, size=view.pool_size, timeout=view.pool_timeout_seconds
-            )
-            self.pools[key] = pool
-        return pool
+        return source_pool(self.pools, creds, role, UpstreamConnection.connect)
 
     def new_key(self, session: PgSession) -> tuple[int, bytes]:
         while True:
@@ -140,10 +118,11 @@ class _Statement:
     classification: Classification
 
 
-class PgSession(asyncio.Protocol):
+class PgSession(RelaySession):
     """One client connection."""
 
     def __init__(self, frontend: PgFrontend) -> None:
+        super().__init__()
         self.f = frontend
         self.transport: asyncio.Transport | None = None
         self.reader = pgp.FrontendReader()
@@ -170,7 +149,6 @@ class PgSession(asyncio.Protocol):
         self._carry = b""
         self._discard = False
         self._busy = False
-        self._paused: set[str] = set()
         self._statements: dict[str, _Statement] = {}
         self._portals: dict[str, tuple[str, bytes]] = {}
         self._sql_prepared: dict[str, Kind] = {}
@@ -178,7 +156,6 @@ class PgSession(asyncio.Protocol):
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ------------------------------------------------------------------------ transport events
 
@@ -213,22 +190,13 @@ class PgSession(asyncio.Protocol):
             self._waiter.set_result(None)
         if self._login_task is not None and not self._login_task.done():
             self._login_task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._cancel_tasks()
         if self.upstream is not None and self.pool is not None:
             upstream, pool, self.upstream = self.upstream, self.pool, None
             busy = bool(self._pending) or self._busy
             self._spawn(self._give_back(upstream, pool, busy))
         if self._ready:
             self.log.info("disconnected")
-
-    def pause_writing(self) -> None:
-        if self.upstream is not None:
-            self.upstream.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.upstream is not None and not self.upstream.broken:
-            self.upstream.transport.resume_reading()
 
     # upstream → this session (UpstreamSink)
 
@@ -295,27 +263,6 @@ class PgSession(asyncio.Protocol):
         )
         self.transport.close()
 
-    def upstream_pause_writing(self) -> None:
-        self._pause("upstream")
-
-    def upstream_resume_writing(self) -> None:
-        self._resume("upstream")
-
-    def _pause(self, reason: str) -> None:
-        if not self._paused and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused.add(reason)
-
-    def _resume(self, reason: str) -> None:
-        self._paused.discard(reason)
-        if not self._paused and self.transport is not None and not self._closed:
-            self.transport.resume_reading()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def shutdown(self) -> None:
         if self.transport is not None and not self._closed:
             self.transport.write(
@@ -329,13 +276,6 @@ class PgSession(asyncio.Protocol):
             self.transport.write(pgp.make_error("FATAL", exc.sqlstate, exc.message))
             self.transport.close()
         self._closed = True
-
-    async def _give_back(
-        self, upstream: UpstreamConnection, pool: Pool[UpstreamConnection], busy: bool
-    ) -> None:
-        if busy and not upstream.broken:
-            await upstream.cancel()  # stop the work a vanished client left running
-        await pool.release(upstream, reusable=not busy)
 
     # ---------------------------------------------------------------------------------- login
 
@@ -402,7 +342,7 @@ class PgSession(asyncio.Protocol):
     def cancel_running(self) -> None:
         """A CancelRequest with this session's key: cancel its upstream statement, if one runs."""
         if self.upstream is not None and self._pending:
-            self._spawn(self.upstream.cancel())
+            self._spawn(self.upstream.stop_running())
 
     async def _start_session(self, startup: pgp.StartupMessage) -> None:
         assert self.transport is not None

@@ -8,17 +8,16 @@ goes straight to the client session's `upstream_data()`, untouched.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Protocol as TypingProtocol
 from typing import cast
 
 from proxy.errors import QueryBaseError
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, ScramClient, md5_password
-from proxy.pool import UpstreamConnectError
+from proxy.relay import UpstreamTarget, guarded_open
 from proxy.tlsfiles import upstream_context
 
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # for the cancel connection
 RESET_TIMEOUT = 10.0
 
 
@@ -32,20 +31,6 @@ class UpstreamSink(TypingProtocol):
     def upstream_pause_writing(self) -> None: ...
 
     def upstream_resume_writing(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class UpstreamTarget:
-    """Where and how to log in: one source's host and one of its logins."""
-
-    source: str
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str | None
-    tls: str  # disable | prefer | require
-    read_only: bool
 
 
 class UpstreamError(QueryBaseError):
@@ -133,29 +118,7 @@ class UpstreamConnection:
     @classmethod
     async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
         conn = cls(target, params)
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await conn._open()
-        except TimeoutError:
-            conn.close()
-            raise UpstreamConnectError(
-                f"upstream {target.host}:{target.port} of source {target.source!r} did not answer "
-                f"within {CONNECT_TIMEOUT:g}s"
-            ) from None
-        except OSError as exc:
-            conn.close()
-            raise UpstreamConnectError(
-                f"cannot connect to upstream {target.host}:{target.port} of source {target.source!r}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        except UpstreamError as exc:
-            # The client's own login succeeded; an upstream refusal (say a wrong source password,
-            # 28P01 upstream) must not look like the client's password was wrong.
-            conn.close()
-            raise UpstreamConnectError(f"{exc.message} (upstream SQLSTATE {exc.sqlstate})") from None
-        except BaseException:
-            conn.close()
-            raise
+        await guarded_open(target, conn._open, conn.close)
         return conn
 
     async def _open(self) -> None:
@@ -251,9 +214,7 @@ class UpstreamConnection:
 
     def _error(self, body: bytes) -> UpstreamError:
         fields = pgp.parse_error_fields(body)
-        return UpstreamError(
-            f"upstream of source {self.target.source!r}: {fields.get('M', 'error')}", fields.get("C")
-        )
+        return UpstreamError(f"{fields.get('M', 'error')} (SQLSTATE {fields.get('C', '?')})", fields.get("C"))
 
     # ------------------------------------------------------------------------------- relay
 
@@ -308,7 +269,7 @@ class UpstreamConnection:
                     raise failed
                 return
 
-    async def cancel(self) -> None:
+    async def stop_running(self) -> None:
         """Ask the upstream to cancel whatever this connection is running (a new connection)."""
         loop = asyncio.get_running_loop()
         try:
