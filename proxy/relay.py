@@ -103,8 +103,11 @@ class RelayUpstream(Pooled, Protocol):
     async def stop_running(self) -> None: ...
 
 
-class RelaySession(asyncio.Protocol):
-    """Flow control and task bookkeeping for a client session relaying to one upstream."""
+class RelaySession(asyncio.BaseProtocol):
+    """Flow control and task bookkeeping for a client session relaying to one upstream.
+
+    Subclasses add `asyncio.Protocol` or `asyncio.BufferedProtocol` for how they receive bytes.
+    """
 
     transport: asyncio.Transport | None
     upstream: Any  # the protocol's upstream connection (a RelayUpstream)

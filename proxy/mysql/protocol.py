@@ -460,6 +460,15 @@ class PacketReader:
             self._buf += data
             self._pos = 0
 
+    def bytes_to_next_packet(self) -> int:
+        """How many more bytes complete the next physical packet (0 or less: it is all here). Lets
+        a caller read exactly up to a packet boundary, leaving what follows in the socket."""
+        avail = len(self._buf) - self._pos
+        if avail < 4:
+            return 4 - avail
+        length = int.from_bytes(self._buf[self._pos : self._pos + 3], "little")
+        return 4 + length - avail
+
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned, including packets of an incomplete payload."""

@@ -48,6 +48,7 @@ from proxy.store.verifiers import verify_caching_sha2_scramble, verify_native_sc
 log = structlog.get_logger("querybase.mysql")
 
 LOGIN_TIMEOUT = 60.0
+READ_SIZE = 256 * 1024
 DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
 ER_HELD = 9001  # QueryBase's own errno: the write was held as a change request (SQLSTATE HY000)
 ER_ACCESS_DENIED = 1045
@@ -157,7 +158,7 @@ class _Prepared:
 VIRTUAL_STATEMENT_BASE = 0x7F000000  # virtual statement ids, far above what servers hand out
 
 
-class MySQLSession(RelaySession):
+class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     """One client connection."""
 
     def __init__(self, frontend: MySQLFrontend) -> None:
@@ -190,6 +191,7 @@ class MySQLSession(RelaySession):
         self._sql_prepared: dict[str, Kind] = {}
         self._busy = False
         self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
+        self._read_buffer = bytearray()
 
     # --------------------------------------------------------------------- transport events
 
@@ -201,6 +203,20 @@ class MySQLSession(RelaySession):
         self.log = log.bind(client=self.peer, connection_id=self.connection_id)
         self._login_task = asyncio.get_running_loop().create_task(self._login())
 
+    # Bytes arrive through BufferedProtocol so that, before TLS, QueryBase reads exactly one packet
+    # at a time: a client sends its TLS ClientHello right behind the SSLRequest without waiting
+    # for an answer, and those bytes must stay in the socket for the TLS layer — never be read as
+    # plaintext, nor lost.
+    def get_buffer(self, sizehint: int) -> bytearray:
+        if not self._ready and not self.on_tls:
+            self._read_buffer = bytearray(max(self.reader.bytes_to_next_packet(), 1))
+        elif len(self._read_buffer) != READ_SIZE:
+            self._read_buffer = bytearray(READ_SIZE)
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(self._read_buffer[:nbytes]))
+
     def data_received(self, data: bytes) -> None:
         try:
             self.reader.feed(data)
@@ -209,7 +225,10 @@ class MySQLSession(RelaySession):
             return
         if self._ready:
             self._process()
-        elif self._waiter is not None and not self._waiter.done():
+            return
+        if not self.on_tls and self.reader.bytes_to_next_packet() <= 0:
+            self._pause("login")  # a whole packet is here: read nothing more until it is handled
+        if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -315,6 +334,7 @@ class MySQLSession(RelaySession):
                 return found
             if self._closed:
                 raise ConnectionResetError
+            self._resume("login")
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
 
@@ -473,6 +493,7 @@ class MySQLSession(RelaySession):
         self.transport.write(my.make_packets(my.make_ok(status=upstream.status), seq)[0])
         upstream.attach(self)
         self._ready = True
+        self._resume("login")
         self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
         self._process()
 

@@ -118,7 +118,7 @@ class _Statement:
     classification: Classification
 
 
-class PgSession(RelaySession):
+class PgSession(RelaySession, asyncio.Protocol):
     """One client connection."""
 
     def __init__(self, frontend: PgFrontend) -> None:

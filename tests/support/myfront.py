@@ -1,0 +1,158 @@
+"""A running QueryBase in front of the test MariaDB, for the MySQL front end's tests.
+
+`running_gateway()` builds a QueryBase home with MySQL source `shop_my` on the test server's
+`qbtest` (read login qb_reader, write login qb_native), a second MySQL source `other_my` granted
+only to dave (so dave reaches two MySQL sources and must name one), the users below with their
+grants, and starts `querybase serve`. The `Gateway` it yields knows the MySQL port and the
+passwords, can look at the database directly (as root) and at the change requests in the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
+from tests.support.pgfront import cli, listen_port
+from tests.support.querybase import ServeProcess, init_home, start_serve
+
+SOURCE = "shop_my"
+OTHER_SOURCE = "other_my"  # granted to dave only: he reaches two MySQL sources
+SCHEMA = "qbtest"
+
+# user → (group, level on SOURCE); frank has no grant at all.
+USERS: dict[str, tuple[str, str]] = {
+    "alice": ("analysts", "propose"),
+    "bob": ("approvers", "approve"),
+    "carol": ("readers", "read"),
+    "dave": ("writers", "write"),
+    "frank": ("outsiders", ""),
+}
+PASSWORDS = {name: f"{name}-My-Secret-42" for name in USERS}
+
+ITEMS = [(1, "apple"), (2, "banana"), (3, "cherry"), (4, "date"), (5, "elderberry")]
+
+TABLE_SQL = f"""
+DROP TABLE IF EXISTS items;
+DROP TABLE IF EXISTS items_copy;
+CREATE TABLE items (id int PRIMARY KEY, name varchar(50));
+CREATE TABLE items_copy (id int PRIMARY KEY, name varchar(50));
+INSERT INTO items VALUES {", ".join(f"({i}, '{n}')" for i, n in ITEMS)};
+"""
+
+
+def setup_items(server: MariaDBServer) -> None:
+    """(Re)create `items` (with ITEMS) and an empty `items_copy` in qbtest, as root."""
+    server.execute_sql(TABLE_SQL)
+
+
+def provision(config: Path, server: MariaDBServer, users: Iterable[str] | None = None) -> None:
+    """Sources `shop_my` and `other_my` on the server's qbtest, the USERS with groups and grants."""
+    chosen = {name: USERS[name] for name in (USERS if users is None else users)}
+    env = {
+        "READ_PW": MARIADB_PASSWORDS["qb_reader"],
+        "WRITE_PW": MARIADB_PASSWORDS["qb_native"],
+        **{f"PW_{name.upper()}": pw for name, pw in PASSWORDS.items()},
+    }
+    for name in (SOURCE, OTHER_SOURCE):
+        cli(
+            config,
+            *("source", "add", name, "--engine", "mysql", "--host", server.host),
+            *("--port", str(server.port), "--database", SCHEMA),
+            *("--user", "qb_reader", "--password-env", "READ_PW"),
+            *("--write-user", "qb_native", "--write-password-env", "WRITE_PW", "--tls", "disable"),
+            env=env,
+        )
+    for group, level in dict(chosen.values()).items():
+        cli(config, "group", "add", group)
+        if level:
+            cli(config, "grant", group, SOURCE, level)
+    if "writers" in dict(chosen.values()):
+        cli(config, "grant", "writers", OTHER_SOURCE, "read")
+    for user, (group, _) in chosen.items():
+        cli(config, "user", "add", user, "--password-env", f"PW_{user.upper()}", env=env)
+        cli(config, "group", "member", "add", group, user)
+
+
+def store_path(config: Path) -> Path:
+    return config.parent / "querybase.db"
+
+
+@dataclass
+class Gateway:
+    """A running `querybase serve` with the provisioned catalog; `port` is the MySQL listener."""
+
+    config: Path
+    serve: ServeProcess
+    server: MariaDBServer
+    host: str = "127.0.0.1"
+    port: int = 0
+    passwords: dict[str, str] = field(default_factory=lambda: dict(PASSWORDS))
+
+    def connect_args(self, user: str, database: str | None = SOURCE) -> dict[str, Any]:
+        """host, port, user, password (and database) for PyMySQL through QueryBase."""
+        args: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": user,
+            "password": self.passwords.get(user, "x"),
+            "connect_timeout": 10,
+            "read_timeout": 30,
+        }
+        if database is not None:
+            args["database"] = database
+        return args
+
+    def root_sql(self, sql: str) -> str:
+        """Run SQL directly on MariaDB as root (unix socket); batch output."""
+        return self.server.execute_sql(sql)
+
+    def count(self, table: str = "items") -> int:
+        return int(self.root_sql(f"SELECT count(*) FROM {table}").strip())
+
+    def rows(self, sql: str) -> list[list[str]]:
+        return [line.split("\t") for line in self.root_sql(sql).splitlines() if line]
+
+    def change_requests(self) -> list[dict[str, Any]]:
+        """Every change request in the store, oldest first, JSON columns decoded."""
+        with contextlib.closing(sqlite3.connect(store_path(self.config))) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT id, status, statement_text, parameters, kind, session_facts, classification "
+                "FROM change_requests ORDER BY id"
+            ).fetchall()
+        out = []
+        for row in rows:
+            record = dict(row)
+            for key in ("parameters", "session_facts", "classification"):
+                if record[key] is not None:
+                    record[key] = json.loads(record[key])
+            out.append(record)
+        return out
+
+    def last_request_id(self) -> int:
+        requests = self.change_requests()
+        return requests[-1]["id"] if requests else 0
+
+    def new_requests(self, before: int) -> list[dict[str, Any]]:
+        return [r for r in self.change_requests() if r["id"] > before]
+
+
+@contextlib.contextmanager
+def running_gateway(
+    server: MariaDBServer, home: Path, *, tls_mode: str = "allow", users: Iterable[str] | None = None
+) -> Iterator[Gateway]:
+    """Provision a QueryBase home, start `querybase serve`, stop it afterwards."""
+    config = init_home(home, tls_mode=tls_mode)
+    provision(config, server, users)
+    serve = start_serve(config)
+    try:
+        yield Gateway(config, serve, server, port=listen_port(config, "mysql"))
+    finally:
+        if serve.stop() != 0:
+            serve.kill()
