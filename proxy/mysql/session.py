@@ -192,6 +192,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._busy = False
         self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
         self._read_buffer = bytearray()
+        self._reply_seq = 2  # the sequence id an ERR during login must carry
 
     # --------------------------------------------------------------------- transport events
 
@@ -339,7 +340,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             await self._waiter
 
     async def _login(self) -> None:
-        seq = 2
         try:
             async with asyncio.timeout(LOGIN_TIMEOUT):
                 seq = await self._authenticate()
@@ -347,7 +347,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         except ConnectionResetError:
             return
         except TimeoutError:
-            self._fatal(my.ProtocolViolation("login timed out"), seq)
+            self._fatal(my.ProtocolViolation("login timed out"), self._reply_seq)
         except MySQLError as exc:
             self._fatal(exc, self._reply_seq)
         except QueryBaseError as exc:
@@ -358,8 +358,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 MySQLError(1105, "HY000", f"internal error during login: {type(exc).__name__}"),
                 self._reply_seq,
             )
-
-    _reply_seq = 2
 
     async def _authenticate(self) -> int:
         assert self.transport is not None
