@@ -49,6 +49,7 @@ log = structlog.get_logger("querybase.mysql")
 
 LOGIN_TIMEOUT = 60.0
 READ_SIZE = 256 * 1024
+MAX_BACKLOG = 4 * 1024 * 1024  # client bytes buffered while a command runs, before reading pauses
 DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
 ER_HELD = 9001  # QueryBase's own errno: the write was held as a change request (SQLSTATE HY000)
 ER_ACCESS_DENIED = 1045
@@ -225,6 +226,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._fatal(exc)
             return
         if self._ready:
+            # Reading goes on while a command runs, so a client that hangs up is noticed at once
+            # (and its upstream statement stopped); only a large backlog of commands pauses it.
+            if self.reader.buffered > MAX_BACKLOG:
+                self._pause("backlog")
             self._process()
             return
         if not self.on_tls and self.reader.bytes_to_next_packet() <= 0:
@@ -295,7 +300,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 prepared = replace(self._pending_prepare, params=scanner.prepare_ok.num_params)
                 self._statements[scanner.prepare_ok.statement_id] = prepared
             self._pending_prepare = None
-        self._resume("response")
         self._process()
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -499,6 +503,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         """Handle the next buffered command if no response is outstanding."""
+        if "backlog" in self._paused and self.reader.buffered <= MAX_BACKLOG:
+            self._resume("backlog")
         while not self._closed and not self._busy and self._in_flight is None:
             try:
                 found = self.reader.next()
@@ -538,7 +544,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.upstream.transport.write(my.make_packets(payload, 0)[0])
         if expects_reply:
             self._in_flight = command
-            self._pause("response")
 
     def _decide(self, c: Classification) -> Verdict:
         if c.executes is not None:
