@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from proxy.errors import QueryBaseError
 from proxy.pool import Pool, Pooled, UpstreamConnectError
@@ -159,3 +159,126 @@ class RelaySession(asyncio.BaseProtocol):
         if busy and not upstream.broken:
             await upstream.stop_running()
         await pool.release(upstream, reusable=not busy)
+
+
+M = TypeVar("M")
+M_co = TypeVar("M_co", covariant=True)
+
+
+class Framer(Protocol[M_co]):
+    """A sans-IO reader that frames a byte stream into messages (PostgreSQL or MySQL)."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def next(self) -> M_co | None: ...
+
+    @property
+    def buffered(self) -> int: ...
+
+
+class UpstreamSink(Protocol):
+    """The client session an attached upstream connection relays to."""
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def upstream_lost(self, exc: Exception | None) -> None: ...
+
+    def upstream_pause_writing(self) -> None: ...
+
+    def upstream_resume_writing(self) -> None: ...
+
+
+class UpstreamLost(QueryBaseError):
+    sqlstate = "08006"  # connection_failure
+    mysql_errno = 2013  # CR_SERVER_LOST
+    code = "upstream"
+
+
+class UpstreamProtocol(asyncio.Protocol, Generic[M]):
+    """The asyncio side of an upstream connection, in control mode (whole messages for login and
+    reset, read with `read()`) or relay mode (every chunk handed to the attached sink)."""
+
+    def __init__(self, new_reader: Callable[[], Framer[M]]) -> None:
+        self.new_reader = new_reader
+        self.reader = new_reader()
+        self.transport: asyncio.Transport | None = None
+        self.sink: UpstreamSink | None = None
+        self.lost = False
+        self.lost_exc: Exception | None = None
+        self.raw_waiter: asyncio.Future[bytes] | None = None  # a raw answer (PostgreSQL's 'S'/'N')
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.upstream_data(data)
+        elif self.raw_waiter is not None and not self.raw_waiter.done():
+            self.raw_waiter.set_result(data)
+        else:
+            self.reader.feed(data)
+            self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost, self.lost_exc = True, exc
+        if self.raw_waiter is not None and not self.raw_waiter.done():
+            self.raw_waiter.set_exception(UpstreamLost("upstream closed the connection"))
+        self._wake()
+        if self.sink is not None:
+            self.sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.upstream_resume_writing()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> M:
+        """The next whole message in control mode."""
+        while True:
+            found = self.reader.next()
+            if found is not None:
+                return found
+            if self.lost:
+                raise UpstreamLost(f"upstream closed the connection: {self.lost_exc or 'EOF'}")
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
+class UpstreamBase(Generic[M]):
+    """What both protocols' upstream connections share: the transport, relay attach/detach."""
+
+    def __init__(self, target: UpstreamTarget, params: Params, new_reader: Callable[[], Framer[M]]) -> None:
+        self.target = target
+        self.params = params
+        self._protocol: UpstreamProtocol[M] = UpstreamProtocol(new_reader)
+        self._transport: asyncio.Transport | None = None
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+    @property
+    def broken(self) -> bool:
+        return self._protocol.lost or self._transport is None or self._transport.is_closing()
+
+    def attach(self, sink: UpstreamSink) -> None:
+        """Relay mode: every byte from now on goes to `sink`."""
+        if self._protocol.reader.buffered:
+            raise UpstreamLost("upstream sent unsolicited data while idle")
+        self._protocol.sink = sink
+        if self._protocol.lost:
+            sink.upstream_lost(self._protocol.lost_exc)
+
+    def detach(self) -> None:
+        """Back to control mode (for the reset), with a fresh reader."""
+        self._protocol.sink = None
+        self._protocol.reader = self._protocol.new_reader()

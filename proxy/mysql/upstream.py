@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from typing import Protocol as TypingProtocol
 from typing import cast
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -18,23 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from proxy.errors import QueryBaseError
 from proxy.mysql import protocol as my
-from proxy.relay import UpstreamTarget, guarded_open
+from proxy.relay import UpstreamBase, UpstreamTarget, guarded_open
 from proxy.tlsfiles import upstream_context
 
 RESET_TIMEOUT = 10.0
 NATIVE = "mysql_native_password"
 CACHING_SHA2 = "caching_sha2_password"
 READ_ONLY_SQL = "SET SESSION TRANSACTION READ ONLY"
-
-
-class UpstreamSink(TypingProtocol):
-    def upstream_data(self, data: bytes) -> None: ...
-
-    def upstream_lost(self, exc: Exception | None) -> None: ...
-
-    def upstream_pause_writing(self) -> None: ...
-
-    def upstream_resume_writing(self) -> None: ...
 
 
 class UpstreamError(QueryBaseError):
@@ -69,58 +58,11 @@ def _auth_response(plugin: str, password: str, nonce: bytes) -> bytes:
     raise UpstreamError(f"upstream asks for unsupported authentication plugin {plugin!r}")
 
 
-class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = my.PacketReader()
-        self.sink: UpstreamSink | None = None
-        self.lost = False
-        self.lost_exc: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink.upstream_data(data)
-            return
-        self.reader.feed(data)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.lost_exc = True, exc
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        if self.sink is not None:
-            self.sink.upstream_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_resume_writing()
-
-    async def read_payload(self) -> tuple[int, bytes]:
-        while True:
-            found = self.reader.next()
-            if found is not None:
-                return found
-            if self.lost:
-                raise UpstreamError(f"upstream closed the connection: {self.lost_exc or 'EOF'}")
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-
-
-class UpstreamConnection:
+class UpstreamConnection(UpstreamBase[tuple[int, bytes]]):
     """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
 
     def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
-        self.target = target
-        self.params = params
+        super().__init__(target, params, my.PacketReader)
         opts = dict(params)
         self.capabilities = my.Capability(int(opts.get("capabilities", "0")))
         self.charset = int(opts.get("charset", str(my.UTF8MB4_GENERAL_CI)))
@@ -129,8 +71,6 @@ class UpstreamConnection:
         self.thread_id = 0
         self.status = my.ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.on_tls = False
-        self._protocol = _Protocol()
-        self._transport: asyncio.Transport | None = None
 
     @classmethod
     async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
@@ -143,7 +83,7 @@ class UpstreamConnection:
         target = self.target
         transport, _ = await loop.create_connection(lambda: self._protocol, target.host, target.port)
         self._transport = transport
-        seq, payload = await self._protocol.read_payload()
+        seq, payload = await self._protocol.read()
         if payload[:1] == b"\xff":
             raise UpstreamError(my.parse_err(payload).message)
         hello = my.parse_handshake_v10(payload)
@@ -186,7 +126,7 @@ class UpstreamConnection:
 
     async def _finish_auth(self, plugin: str, password: str, nonce: bytes) -> None:
         while True:
-            seq, payload = await self._protocol.read_payload()
+            seq, payload = await self._protocol.read()
             head = payload[:1]
             reply_seq = my.next_seq(seq)
             if head == b"\x00":
@@ -230,7 +170,7 @@ class UpstreamConnection:
         scanner = my.ResultScanner(bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF), self.status)
         scanner.start(my.Command.COM_QUERY)
         while True:
-            _, payload = await self._protocol.read_payload()
+            _, payload = await self._protocol.read()
             if scanner.feed(payload) is my.ScanEvent.DONE:
                 break
         self.status = scanner.status
@@ -239,33 +179,13 @@ class UpstreamConnection:
 
     async def _simple_command(self, command: my.Command, body: bytes = b"") -> None:
         self.transport.write(my.make_packets(my.make_command(command, body), 0)[0])
-        _, payload = await self._protocol.read_payload()
+        _, payload = await self._protocol.read()
         if payload[:1] == b"\xff":
             raise UpstreamError(my.parse_err(payload).message)
         if payload[:1] == b"\x00":
             self.status = my.parse_ok(payload, self.capabilities).status
 
     # ------------------------------------------------------------------------------- relay
-
-    @property
-    def transport(self) -> asyncio.Transport:
-        assert self._transport is not None
-        return self._transport
-
-    @property
-    def broken(self) -> bool:
-        return self._protocol.lost or self._transport is None or self._transport.is_closing()
-
-    def attach(self, sink: UpstreamSink) -> None:
-        if self._protocol.reader.buffered:
-            raise UpstreamError("upstream sent unsolicited data while idle")
-        self._protocol.sink = sink
-        if self._protocol.lost:
-            sink.upstream_lost(self._protocol.lost_exc)
-
-    def detach(self) -> None:
-        self._protocol.sink = None
-        self._protocol.reader = my.PacketReader()
 
     async def reset(self) -> bool:
         """COM_RESET_CONNECTION, back to the pool's schema, read-only again; False if unusable."""

@@ -1,36 +1,23 @@
 """Upstream PostgreSQL connections: raw-protocol login with the source's credentials, reset, cancel.
 
 An `UpstreamConnection` has two modes. In control mode (login, reset) its protocol frames whole
-messages and hands them to `read_message()`. In relay mode (`attach(sink)`) every received chunk
+messages and hands them to `read()`. In relay mode (`attach(sink)`) every received chunk
 goes straight to the client session's `upstream_data()`, untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol as TypingProtocol
 from typing import cast
 
 from proxy.errors import QueryBaseError
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, ScramClient, md5_password
-from proxy.relay import UpstreamTarget, guarded_open
+from proxy.relay import UpstreamBase, UpstreamTarget, guarded_open
 from proxy.tlsfiles import upstream_context
 
 CONNECT_TIMEOUT = 10.0  # for the cancel connection
 RESET_TIMEOUT = 10.0
-
-
-class UpstreamSink(TypingProtocol):
-    """The client session an attached upstream connection relays to."""
-
-    def upstream_data(self, data: bytes) -> None: ...
-
-    def upstream_lost(self, exc: Exception | None) -> None: ...
-
-    def upstream_pause_writing(self) -> None: ...
-
-    def upstream_resume_writing(self) -> None: ...
 
 
 class UpstreamError(QueryBaseError):
@@ -45,73 +32,16 @@ class UpstreamError(QueryBaseError):
             self.sqlstate = sqlstate
 
 
-class _UpstreamProtocol(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.reader = pgp.BackendReader()
-        self.sink: UpstreamSink | None = None
-        self.lost = False
-        self.lost_exc: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self.raw_waiter: asyncio.Future[bytes] | None = None  # SSLRequest's one-byte answer
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.sink is not None:
-            self.sink.upstream_data(data)
-            return
-        if self.raw_waiter is not None and not self.raw_waiter.done():
-            self.raw_waiter.set_result(data)
-            return
-        self.reader.feed(data)
-        self._wake()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost, self.lost_exc = True, exc
-        if self.raw_waiter is not None and not self.raw_waiter.done():
-            self.raw_waiter.set_exception(UpstreamError("upstream closed the connection"))
-        self._wake()
-        if self.sink is not None:
-            self.sink.upstream_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.upstream_resume_writing()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read_message(self) -> tuple[bytes, bytes]:
-        while True:
-            msg = self.reader.next()
-            if msg is not None:
-                return msg
-            if self.lost:
-                raise UpstreamError(f"upstream closed the connection: {self.lost_exc or 'EOF'}")
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-
-
-class UpstreamConnection:
+class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
     """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
 
     def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
-        self.target = target
-        self.params = params
+        super().__init__(target, params, pgp.BackendReader)
         self.parameter_status: dict[str, str] = {}
         self.backend_pid = 0
         self.backend_key = b""
         self.status = b"I"
         self._sasl_final = b""
-        self._protocol = _UpstreamProtocol()
-        self._transport: asyncio.Transport | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -135,7 +65,7 @@ class UpstreamConnection:
         self._transport.write(pgp.make_startup(startup))
         await self._authenticate()
         while True:
-            type_byte, body = await self._protocol.read_message()
+            type_byte, body = await self._protocol.read()
             if type_byte == b"S":
                 name, value = pgp.parse_parameter_status(body)
                 self.parameter_status[name] = value
@@ -171,7 +101,7 @@ class UpstreamConnection:
         assert transport is not None
         scram: ScramClient | None = None
         while True:
-            type_byte, body = await self._protocol.read_message()
+            type_byte, body = await self._protocol.read()
             if type_byte == b"E":
                 raise self._error(body)
             if type_byte != b"R":
@@ -218,27 +148,6 @@ class UpstreamConnection:
 
     # ------------------------------------------------------------------------------- relay
 
-    @property
-    def transport(self) -> asyncio.Transport:
-        assert self._transport is not None
-        return self._transport
-
-    @property
-    def broken(self) -> bool:
-        return self._protocol.lost or self._transport is None or self._transport.is_closing()
-
-    def attach(self, sink: UpstreamSink) -> None:
-        """Relay mode: every byte from now on goes to `sink`."""
-        if self._protocol.reader.buffered:
-            raise UpstreamError("upstream sent unsolicited data while idle")
-        self._protocol.sink = sink
-        if self._protocol.lost:
-            sink.upstream_lost(self._protocol.lost_exc)
-
-    def detach(self) -> None:
-        self._protocol.sink = None
-        self._protocol.reader = pgp.BackendReader()
-
     async def reset(self) -> bool:
         """Roll back anything open and DISCARD ALL; False when the connection is not reusable."""
         self.detach()
@@ -257,7 +166,7 @@ class UpstreamConnection:
         self.transport.write(pgp.make_query(sql))
         failed: UpstreamError | None = None
         while True:
-            type_byte, body = await self._protocol.read_message()
+            type_byte, body = await self._protocol.read()
             if type_byte == b"S":
                 name, value = pgp.parse_parameter_status(body)
                 self.parameter_status[name] = value
