@@ -75,33 +75,36 @@ async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLC
     my_frontend: MySQLFrontend | None = None
     my_server: asyncio.Server | None = None
 
+    listening = False
+
     async def readiness() -> None:
         await store.ping()
-        if admin is None or not admin.started:
-            raise StoreError("admin listener is not up")
+        if not listening:
+            raise StoreError("the listeners are not up yet")
 
     try:
-        if settings.admin.listen is not None:
-            sock = bind("admin.listen", settings.admin.listen)
+        # Bind every socket first, so a bad address stops startup before anything is served and
+        # clients arriving while the MySQL version is learnt wait in the backlog, not refused.
+        pg_sock = bind("postgres.listen", settings.postgres.listen) if settings.postgres.listen else None
+        my_sock = bind("mysql.listen", settings.mysql.listen) if settings.mysql.listen else None
+        admin_sock = bind("admin.listen", settings.admin.listen) if settings.admin.listen else None
+        if pg_sock is not None:
+            pg_frontend = PgFrontend(settings, store, catalog, tls)
+            pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
+        if my_sock is not None:
+            my_frontend = MySQLFrontend(settings, store, catalog, tls)
+            await my_frontend.learn_server_version()
+            my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
+        if admin_sock is not None:
             config = uvicorn.Config(create_app(readiness), log_config=None, lifespan="off", access_log=False)
             admin = _EmbeddedUvicorn(config)
-            admin_task = asyncio.create_task(admin.serve(sockets=[sock]))
+            admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
             while not admin.started:
                 if admin_task.done():
                     admin_task.result()
                     raise ConfigError(f"admin.listen: the admin listener on {settings.admin.listen} stopped")
                 await asyncio.sleep(0.01)
-        if settings.postgres.listen is not None:
-            pg_frontend = PgFrontend(settings, store, catalog, tls)
-            pg_server = await loop.create_server(
-                pg_frontend.protocol, sock=bind("postgres.listen", settings.postgres.listen)
-            )
-        if settings.mysql.listen is not None:
-            my_frontend = MySQLFrontend(settings, store, catalog, tls)
-            await my_frontend.learn_server_version()
-            my_server = await loop.create_server(
-                my_frontend.protocol, sock=bind("mysql.listen", settings.mysql.listen)
-            )
+        listening = True
         log.info(
             "ready",
             postgres=str(settings.postgres.listen) if settings.postgres.listen else None,
