@@ -20,8 +20,10 @@ client's `EXECUTE` would find nothing.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
+from dataclasses import replace
 
-from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
+from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
 
 _PASS_THROUGH = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
 _DATA_LEVELS = frozenset({Level.READ, Level.PROPOSE, Level.WRITE})
@@ -67,3 +69,14 @@ def decide(c: Classification, level: Level | None, policy: SourcePolicy) -> Verd
 
 # Verdicts depend only on their (hashable, frozen) inputs, and few distinct combinations occur.
 decide_cached = functools.lru_cache(maxsize=4096)(decide)
+
+
+def with_prepared_kind(c: Classification, prepared: Mapping[str, Kind]) -> Classification:
+    """For SQL `EXECUTE name`: the kind recorded when `name` was prepared in this session, unless
+    the EXECUTE itself is stricter (its arguments can call guarded functions)."""
+    if c.executes is None:
+        return c
+    kind = prepared.get(c.executes)
+    if kind is not None and (c.kind is Kind.UNKNOWN or STRICTNESS[kind] > STRICTNESS[c.kind]):
+        return replace(c, kind=kind)
+    return c

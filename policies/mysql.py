@@ -72,13 +72,11 @@ from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from policies.types import STRICTNESS, Classification, Kind
+from policies.types import RANK, Classification, Kind
 
 _DIALECT = MySQL()
 
-# Inside STRICTNESS's zero class, the kind that tells the session more wins.
-_TIE_BREAK = {Kind.READ: 0, Kind.TRANSACTION: 1, Kind.SESSION: 2}
-_RANK = {kind: STRICTNESS[kind] * 10 + _TIE_BREAK.get(kind, 0) for kind in Kind}
+_RANK = RANK
 
 
 class _Facts:

@@ -71,11 +71,9 @@ from typing import Any
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 
-from policies.types import STRICTNESS, Classification, Kind
+from policies.types import RANK, Classification, Kind
 
-# Inside STRICTNESS's zero class, the kind that tells the session more wins.
-_TIE_BREAK = {Kind.READ: 0, Kind.TRANSACTION: 1, Kind.SESSION: 2}
-_RANK = {kind: STRICTNESS[kind] * 10 + _TIE_BREAK.get(kind, 0) for kind in Kind}
+_RANK = RANK
 
 
 class _Facts:

@@ -33,6 +33,12 @@ STRICTNESS = {
 }
 
 
+# A total order for picking "the strictest statement" of a message: STRICTNESS, with ties among
+# the verdict-free kinds broken so the result is deterministic (read < transaction < session).
+_TIE_BREAK = {Kind.READ: 0, Kind.TRANSACTION: 1, Kind.SESSION: 2}
+RANK = {kind: STRICTNESS[kind] * 10 + _TIE_BREAK.get(kind, 0) for kind in Kind}
+
+
 class Level(enum.StrEnum):
     """Grant levels: read < propose < write are cumulative; approve is separate."""
 

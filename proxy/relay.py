@@ -252,8 +252,24 @@ class UpstreamProtocol(asyncio.Protocol, Generic[M]):
             await self._waiter
 
 
+UB = TypeVar("UB", bound="UpstreamBase[Any]")
+
+
 class UpstreamBase(Generic[M]):
-    """What both protocols' upstream connections share: the transport, relay attach/detach."""
+    """What both protocols' upstream connections share: the guarded connect, the transport,
+    relay attach/detach. Subclasses implement `_open` (the login) and `close`."""
+
+    @classmethod
+    async def connect(cls: type[UB], target: UpstreamTarget, params: Params) -> UB:
+        conn = cls(target, params)  # type: ignore[call-arg]  # subclasses take (target, params)
+        await guarded_open(target, conn._open, conn.close)
+        return conn
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
 
     def __init__(self, target: UpstreamTarget, params: Params, new_reader: Callable[[], Framer[M]]) -> None:
         self.target = target

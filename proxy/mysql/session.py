@@ -31,8 +31,9 @@ import structlog
 
 from policies.cache import classify_mysql_cached
 from policies.decide import decide_cached as decide
+from policies.decide import with_prepared_kind
 from policies.mysql import count_placeholders
-from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
+from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
@@ -546,10 +547,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._in_flight = command
 
     def _decide(self, c: Classification) -> Verdict:
-        if c.executes is not None:
-            prepared = self._sql_prepared.get(c.executes)
-            if prepared is not None and (c.kind is Kind.UNKNOWN or STRICTNESS[prepared] > STRICTNESS[c.kind]):
-                c = replace(c, kind=prepared)
+        c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
         return decide(c, self.level, self.policy)
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from proxy.errors import QueryBaseError
 from proxy.mysql import protocol as my
-from proxy.relay import UpstreamBase, UpstreamTarget, guarded_open
+from proxy.relay import UpstreamBase, UpstreamTarget
 from proxy.tlsfiles import upstream_context
 
 RESET_TIMEOUT = 10.0
@@ -71,12 +71,6 @@ class UpstreamConnection(UpstreamBase[tuple[int, bytes]]):
         self.thread_id = 0
         self.status = my.ServerStatus.SERVER_STATUS_AUTOCOMMIT
         self.on_tls = False
-
-    @classmethod
-    async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
-        conn = cls(target, params)
-        await guarded_open(target, conn._open, conn.close)
-        return conn
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()

@@ -27,14 +27,15 @@ import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
 
 from policies.cache import classify_pg_cached
 from policies.decide import decide_cached as decide
-from policies.types import STRICTNESS, Action, Classification, Kind, Level, SourcePolicy, Verdict
+from policies.decide import with_prepared_kind
+from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
@@ -510,11 +511,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._out.append(raw)
 
     def _decide(self, c: Classification) -> Verdict:
-        if c.executes is not None:
-            # EXECUTE runs what PREPARE classified; its own arguments may be stricter still.
-            prepared = self._sql_prepared.get(c.executes)
-            if prepared is not None and (c.kind is Kind.UNKNOWN or STRICTNESS[prepared] > STRICTNESS[c.kind]):
-                c = replace(c, kind=prepared)
+        c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
         return decide(c, self.level, self.policy)
 

@@ -13,7 +13,7 @@ from typing import cast
 from proxy.errors import QueryBaseError
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, ScramClient, md5_password
-from proxy.relay import UpstreamBase, UpstreamTarget, guarded_open
+from proxy.relay import UpstreamBase, UpstreamTarget
 from proxy.tlsfiles import upstream_context
 
 CONNECT_TIMEOUT = 10.0  # for the cancel connection
@@ -44,12 +44,6 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
         self._sasl_final = b""
 
     # ---------------------------------------------------------------------------- lifecycle
-
-    @classmethod
-    async def connect(cls, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> UpstreamConnection:
-        conn = cls(target, params)
-        await guarded_open(target, conn._open, conn.close)
-        return conn
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
