@@ -107,6 +107,34 @@ class ListenerSettings(_Section):
         raise ValueError("must be a string HOST:PORT (empty to disable)")
 
 
+class AdminSettings(ListenerSettings):
+    token_ttl_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
+
+
+class WebhookTarget(_Section):
+    """One notification destination: generic JSON, a Slack incoming webhook or a Google Chat webhook."""
+
+    name: str = Field(min_length=1, max_length=63)
+    kind: Literal["json", "slack", "google_chat"] = "json"
+    url: str
+    events: list[str] | None = None  # None: every event
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+
+class NotifySettings(_Section):
+    targets: list[WebhookTarget] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff_seconds: float = Field(default=1.0, ge=0, le=300)
+    queue_size: int = Field(default=1000, ge=1)
+
+
 class TLSSettings(_Section):
     mode: Literal["allow", "require", "disable"] = "allow"
     cert_file: Path
@@ -131,9 +159,10 @@ class Settings(_Section):
     secrets: SecretsSettings
     postgres: ListenerSettings
     mysql: ListenerSettings
-    admin: ListenerSettings
+    admin: AdminSettings
     tls: TLSSettings
     log: LogSettings
+    notify: NotifySettings
 
     @property
     def base_dir(self) -> Path:
@@ -141,7 +170,7 @@ class Settings(_Section):
 
 
 _SQLITE = "sqlite+aiosqlite:///"
-SECTIONS = ("store", "secrets", "postgres", "mysql", "admin", "tls", "log")
+SECTIONS = ("store", "secrets", "postgres", "mysql", "admin", "tls", "log", "notify")
 
 
 def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
@@ -151,9 +180,16 @@ def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
         "secrets": {"key_file": "querybase.key"},
         "postgres": {"listen": "127.0.0.1:15432"},
         "mysql": {"listen": "127.0.0.1:13306"},
-        "admin": {"listen": "127.0.0.1:18080"},
+        "admin": {"listen": "127.0.0.1:18080", "token_ttl_seconds": 900},
         "tls": {"mode": "allow", "cert_file": "tls/server.crt", "key_file": "tls/server.key"},
         "log": {"level": "info", "format": "auto"},
+        "notify": {
+            "targets": [],
+            "timeout_seconds": 5.0,
+            "max_attempts": 5,
+            "backoff_seconds": 1.0,
+            "queue_size": 1000,
+        },
     }
 
 
@@ -261,6 +297,19 @@ listen = "127.0.0.1:13306"
 
 [admin]
 listen = "127.0.0.1:18080"
+token_ttl_seconds = 900      # lifetime of a JWT from POST /api/v1/auth/token
+
+[notify]
+# Webhooks for change-request events (created, approved, rejected, executed, failed, expired).
+# targets = [
+#   { name = "ops", kind = "slack", url = "https://hooks.slack.com/services/..." },
+#   { name = "audit", kind = "json", url = "https://example.com/hook", events = ["executed", "failed"] },
+# ]
+targets = []
+timeout_seconds = 5.0        # per delivery attempt
+max_attempts = 5             # then the delivery is recorded as failed
+backoff_seconds = 1.0        # doubled after every failed attempt
+queue_size = 1000            # events waiting for delivery; beyond this the oldest are dropped (and logged)
 
 [tls]
 mode = "allow"               # allow | require | disable
