@@ -60,3 +60,27 @@ class StoreError(QueryBaseError):
 
     sqlstate = "58000"  # system_error
     code = "store"
+
+
+class Unauthorized(QueryBaseError):
+    """No valid credentials: a bad password, an unknown, expired or revoked token."""
+
+    sqlstate = "28000"  # invalid_authorization_specification
+    mysql_errno = 1045  # ER_ACCESS_DENIED_ERROR
+    code = "unauthorized"
+
+
+class Forbidden(QueryBaseError):
+    """The caller is known but may not do this (not an admin, not an approver of that source...)."""
+
+    sqlstate = "42501"  # insufficient_privilege
+    mysql_errno = 1227  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+    code = "forbidden"
+
+
+class StateConflict(QueryBaseError):
+    """The change request is not in a state that allows this (approve a rejected one, cancel twice...)."""
+
+    sqlstate = "55000"  # object_not_in_prerequisite_state
+    mysql_errno = 1105
+    code = "state_conflict"
