@@ -1,27 +1,46 @@
-"""Admin API application factory. This issue serves health only; resources arrive with issue 5."""
+"""Admin API application factory: the FastAPI app, its routers under /api/v1, and health endpoints.
+
+A resource module exposes `router = APIRouter(...)` with paths relative to /api/v1; adding it to
+ROUTERS below is all it takes to serve it (and to list it at /docs).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
+from admin_api import auth, errors, sessions
+from admin_api.deps import ApiContext
 from proxy.errors import QueryBaseError
 
+API_PREFIX = "/api/v1"
 
-def create_app(readiness: Callable[[], Awaitable[None]]) -> FastAPI:
-    """`readiness` raises a QueryBaseError naming what is not ready (store down, listener not up)."""
-    app = FastAPI(title="QueryBase admin API", version="1")
+ROUTERS: list[APIRouter] = [
+    auth.router,
+    sessions.router,
+]
 
-    @app.get("/healthz")
+
+def create_app(ctx: ApiContext) -> FastAPI:
+    """The admin API for one process; `ctx.readiness` raises a QueryBaseError naming what is not ready."""
+    app = FastAPI(
+        title="QueryBase admin API",
+        version="1",
+        description="Manage QueryBase: users, groups, sources, grants, change requests, audit, sessions.",
+    )
+    app.state.ctx = ctx
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         try:
-            await readiness()
+            await ctx.readiness()
         except QueryBaseError as exc:
             return JSONResponse(
                 {"status": "unavailable", "code": exc.code, "message": exc.message}, status_code=503

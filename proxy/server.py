@@ -1,7 +1,8 @@
 """`querybase serve`: the process lifespan — migrate, bind the listeners, report ready, stop on a signal.
 
-The process binds the PostgreSQL and MySQL listeners and the admin listener (health endpoints)
-and keeps the store migrated.
+The process binds the PostgreSQL and MySQL listeners and the admin listener (the admin API of
+admin_api/, in this event loop), keeps the store migrated, and owns the one SessionRegistry of
+live client sessions that the front ends and the admin API share.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import structlog
 import uvicorn
 
 from admin_api.app import create_app
+from admin_api.deps import ApiContext
+from admin_api.tokens import derive_signing_key
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
 from proxy.mysql.session import MySQLFrontend
 from proxy.pg.session import PgFrontend
+from proxy.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
@@ -53,17 +57,22 @@ def bind(key: str, address: ListenAddress) -> socket.socket:
 async def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
     tls = server_context(settings)  # a broken certificate stops startup now, not at the first client
-    box = SecretBox(load_key(settings))
+    secret_key = load_key(settings)
+    box = SecretBox(secret_key)
     store = Store(settings.store.url)
     try:
         await store.migrate()
-        return await _run(settings, store, Catalog(store, box), tls)
+        return await _run(settings, store, box, derive_signing_key(secret_key), tls)
     finally:
         await store.close()
 
 
-async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None) -> int:
+async def _run(
+    settings: Settings, store: Store, box: SecretBox, signing_key: bytes, tls: ssl.SSLContext | None
+) -> int:
     loop = asyncio.get_running_loop()
+    catalog = Catalog(store, box)
+    sessions = SessionRegistry()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -96,7 +105,16 @@ async def _run(settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLC
             await my_frontend.learn_server_version()
             my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
         if admin_sock is not None:
-            config = uvicorn.Config(create_app(readiness), log_config=None, lifespan="off", access_log=False)
+            api = ApiContext(
+                settings=settings,
+                store=store,
+                catalog=catalog,
+                box=box,
+                readiness=readiness,
+                sessions=sessions,
+                signing_key=signing_key,
+            )
+            config = uvicorn.Config(create_app(api), log_config=None, lifespan="off", access_log=False)
             admin = _EmbeddedUvicorn(config)
             admin_task = asyncio.create_task(admin.serve(sockets=[admin_sock]))
             while not admin.started:

@@ -207,6 +207,19 @@ class Catalog:
             raise InvalidInput("the secret key is not loaded")
         return self._box
 
+    async def audit(
+        self,
+        kind: str,
+        *,
+        actor: str | None,
+        source: str | None = None,
+        subject: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> None:
+        """Record one audit event in its own transaction (an action that changes no catalog row)."""
+        async with self._store.write_session() as session, session.begin():
+            await audit.append(session, kind, actor=actor, source=source, subject=subject, payload=payload)
+
     # users ---------------------------------------------------------------------------------
 
     async def _user(self, session: AsyncSession, name: str) -> User:
