@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
-from admin_api import auth, errors, sessions
+from admin_api import audit, auth, errors, grants, groups, sessions, sources, users
 from admin_api.deps import ApiContext
 from proxy.errors import QueryBaseError
 
@@ -17,6 +17,11 @@ API_PREFIX = "/api/v1"
 
 ROUTERS: list[APIRouter] = [
     auth.router,
+    users.router,
+    groups.router,
+    sources.router,
+    grants.router,
+    audit.router,
     sessions.router,
 ]
 

@@ -8,11 +8,11 @@ password or a sealed secret.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -88,6 +88,17 @@ class UserView:
     created_at: str
 
 
+def _user_view(u: User) -> UserView:
+    return UserView(
+        name=u.name,
+        admin=u.is_admin,
+        active=u.is_active,
+        groups=tuple(sorted(m.group.name for m in u.memberships)),
+        pg_auth=u.pg_auth,
+        created_at=audit.as_utc(u.created_at).isoformat(timespec="seconds"),
+    )
+
+
 @dataclass(frozen=True)
 class UserLogin:
     """What a wire-protocol login needs to know about a user. Verifiers, never passwords."""
@@ -121,6 +132,66 @@ class SourceSpec:
     tls: UpstreamTLS = UpstreamTLS.PREFER
     pool_size: int = 10
     pool_timeout_seconds: float = 10.0
+    approvals_required: int = 1
+    ddl_approvals_required: int | None = None
+    block_ddl: bool = False
+    request_ttl_seconds: int = 24 * 3600
+    hold_wait_seconds: int = 0
+    allowed_schemas: tuple[str, ...] | None = None
+
+
+# What `Catalog.update_source` may change; name and engine are fixed for the life of a source.
+MUTABLE_SOURCE_FIELDS = frozenset(
+    {
+        "host",
+        "port",
+        "database",
+        "read_user",
+        "read_password",
+        "write_user",
+        "write_password",
+        "tls",
+        "pool_size",
+        "pool_timeout_seconds",
+        "approvals_required",
+        "ddl_approvals_required",
+        "block_ddl",
+        "request_ttl_seconds",
+        "hold_wait_seconds",
+        "allowed_schemas",
+    }
+)
+_SECRET_SOURCE_FIELDS = frozenset({"read_password", "write_password"})
+
+
+def _check_source(row: Source) -> None:
+    """Validate a source row's non-secret fields (after create or update), InvalidInput if wrong."""
+    if not row.host or any(c.isspace() for c in row.host):
+        raise InvalidInput(f"invalid host {row.host!r}")
+    if not 1 <= row.port <= 65535:
+        raise InvalidInput(f"invalid port {row.port}: must be 1-65535")
+    if not row.database:
+        raise InvalidInput("database must not be empty")
+    if not row.read_user:
+        raise InvalidInput("the read user must not be empty")
+    if not 1 <= row.pool_size <= 1000:
+        raise InvalidInput(f"invalid pool size {row.pool_size}: must be 1-1000")
+    if not 0 < row.pool_timeout_seconds <= 3600:
+        raise InvalidInput(f"invalid pool timeout {row.pool_timeout_seconds:g}: must be 0-3600 seconds")
+    if not 1 <= row.approvals_required <= 100:
+        raise InvalidInput(f"invalid approvals_required {row.approvals_required}: must be 1-100")
+    if row.ddl_approvals_required is not None and not 1 <= row.ddl_approvals_required <= 100:
+        raise InvalidInput(f"invalid ddl_approvals_required {row.ddl_approvals_required}: must be 1-100")
+    if not 60 <= row.request_ttl_seconds <= 90 * 24 * 3600:
+        raise InvalidInput(f"invalid request_ttl_seconds {row.request_ttl_seconds}: must be 60-7776000")
+    if not 0 <= row.hold_wait_seconds <= 3600:
+        raise InvalidInput(f"invalid hold_wait_seconds {row.hold_wait_seconds}: must be 0-3600")
+    if row.allowed_schemas is not None:
+        for schema in row.allowed_schemas:
+            if not schema or len(schema) > 255:
+                raise InvalidInput(f"invalid schema name {schema!r} in allowed_schemas")
+    if row.write_password_sealed is not None and row.write_user is None:
+        raise InvalidInput("a write password needs a write user")
 
 
 @dataclass(frozen=True)
@@ -274,17 +345,7 @@ class Catalog:
                     .order_by(User.name)
                 )
             ).all()
-            return [
-                UserView(
-                    name=u.name,
-                    admin=u.is_admin,
-                    active=u.is_active,
-                    groups=tuple(sorted(m.group.name for m in u.memberships)),
-                    pg_auth=u.pg_auth,
-                    created_at=audit.as_utc(u.created_at).isoformat(timespec="seconds"),
-                )
-                for u in users
-            ]
+            return [_user_view(u) for u in users]
 
     async def set_password(
         self, name: str, password: str, *, pg_auth: str | None = None, actor: str | None
@@ -298,6 +359,114 @@ class Catalog:
             await audit.append(
                 session, "user.password_changed", actor=actor, subject=name, payload={"pg_auth": method}
             )
+
+    async def get_user(self, name: str) -> UserView:
+        async with self._store.session() as session:
+            user = await session.scalar(
+                select(User)
+                .options(selectinload(User.memberships).selectinload(Membership.group))
+                .where(User.name == name)
+            )
+            if user is None:
+                raise NotFound(f"no user named {name!r}")
+            return _user_view(user)
+
+    async def _other_active_admins(self, session: AsyncSession, user: User) -> int:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(User)
+            .where(User.is_admin.is_(True), User.is_active.is_(True), User.id != user.id)
+        )
+        return int(count or 0)
+
+    async def update_user(
+        self,
+        name: str,
+        *,
+        password: str | None = None,
+        pg_auth: str | None = None,
+        active: bool | None = None,
+        admin: bool | None = None,
+        actor: str | None,
+    ) -> UserView:
+        """Change a user's password (and PostgreSQL auth method), active or admin flag at once.
+
+        One audit event per kind of change, all in one transaction. Refuses to leave the catalog
+        without an active admin (disabling or demoting the last one).
+        """
+        if password is not None:
+            check_password(password)
+        if pg_auth is not None:
+            check_pg_auth(pg_auth)
+        async with self._store.write_session() as session, session.begin():
+            user = await self._user(session, name)
+            losing_admin = user.is_admin and user.is_active and (active is False or admin is False)
+            if losing_admin and not await self._other_active_admins(session, user):
+                raise InvalidInput(f"user {name!r} is the last active admin; make another admin first")
+            if password is not None:
+                _set_password(user, password, pg_auth or user.pg_auth)
+                user.password_changed_at = utcnow()
+                await audit.append(
+                    session,
+                    "user.password_changed",
+                    actor=actor,
+                    subject=name,
+                    payload={"pg_auth": user.pg_auth},
+                )
+            elif pg_auth is not None and pg_auth != user.pg_auth:
+                if pg_auth == "md5":
+                    raise InvalidInput(
+                        "switching to md5 needs the password (the md5 verifier is made from it)"
+                    )
+                user.pg_auth, user.md5_verifier = pg_auth, None
+                await audit.append(
+                    session, "user.pg_auth_changed", actor=actor, subject=name, payload={"pg_auth": pg_auth}
+                )
+            if active is not None and active != user.is_active:
+                user.is_active = active
+                kind = "user.enabled" if active else "user.disabled"
+                await audit.append(session, kind, actor=actor, subject=name)
+            if admin is not None and admin != user.is_admin:
+                user.is_admin = admin
+                await audit.append(
+                    session, "user.admin_changed", actor=actor, subject=name, payload={"admin": admin}
+                )
+        return await self.get_user(name)
+
+    async def remove_user(self, name: str, *, actor: str | None) -> None:
+        """Delete a user with their memberships and API tokens. Users with change requests or
+        reviews cannot be deleted (their history would lose its author): disable them instead."""
+        async with self._store.write_session() as session, session.begin():
+            user = await self._user(session, name)
+            if user.is_admin and user.is_active and not await self._other_active_admins(session, user):
+                raise InvalidInput(f"user {name!r} is the last active admin; make another admin first")
+            await session.delete(user)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise InvalidInput(
+                    f"user {name!r} has change requests or reviews; disable the user instead"
+                ) from None
+            await audit.append(session, "user.removed", actor=actor, subject=name)
+
+    async def access(self, user_name: str) -> dict[str, tuple[Level | None, bool]]:
+        """Per source: (effective data level or None, may approve) of a user, over all groups."""
+        async with self._store.session() as session:
+            rows = await session.execute(
+                select(Source.name, Grant.level)
+                .join(Grant.source)
+                .join(Membership, Membership.group_id == Grant.group_id)
+                .join(User, User.id == Membership.user_id)
+                .where(User.name == user_name)
+            )
+            held: dict[str, set[Level]] = {}
+            for source, level in rows:
+                held.setdefault(source, set()).add(level)
+        result: dict[str, tuple[Level | None, bool]] = {}
+        for source in sorted(held):
+            data = [lvl for lvl in _DATA_LEVELS if lvl in held[source]]
+            result[source] = (data[-1] if data else None), Level.APPROVE in held[source]
+        return result
 
     async def set_active(self, name: str, active: bool, *, actor: str | None) -> None:
         async with self._store.write_session() as session, session.begin():
@@ -321,6 +490,25 @@ class Catalog:
                 raise AlreadyExists(f"group {name!r} already exists")
             session.add(Group(name=name))
             await audit.append(session, "group.created", actor=actor, subject=name)
+
+    async def get_group(self, name: str) -> GroupView:
+        async with self._store.session() as session:
+            group = await session.scalar(
+                select(Group)
+                .options(selectinload(Group.memberships).selectinload(Membership.user))
+                .where(Group.name == name)
+            )
+            if group is None:
+                raise NotFound(f"no group named {name!r}")
+            return GroupView(group.name, tuple(sorted(m.user.name for m in group.memberships)))
+
+    async def remove_group(self, name: str, *, actor: str | None) -> None:
+        """Delete a group with its memberships and grants."""
+        async with self._store.write_session() as session, session.begin():
+            group = await self._group(session, name)
+            await session.delete(group)
+            await session.flush()
+            await audit.append(session, "group.removed", actor=actor, subject=name)
 
     async def list_groups(self) -> list[GroupView]:
         async with self._store.session() as session:
@@ -383,18 +571,6 @@ class Catalog:
         actor: str | None,
     ) -> SourceView:
         check_name("source", spec.name)
-        if not spec.host or any(c.isspace() for c in spec.host):
-            raise InvalidInput(f"invalid host {spec.host!r}")
-        if not 1 <= spec.port <= 65535:
-            raise InvalidInput(f"invalid port {spec.port}: must be 1-65535")
-        if not spec.database:
-            raise InvalidInput("database must not be empty")
-        if not spec.read_user:
-            raise InvalidInput("the read user must not be empty")
-        if not 1 <= spec.pool_size <= 1000:
-            raise InvalidInput(f"invalid pool size {spec.pool_size}: must be 1-1000")
-        if not 0 < spec.pool_timeout_seconds <= 3600:
-            raise InvalidInput(f"invalid pool timeout {spec.pool_timeout_seconds:g}: must be 0-3600 seconds")
         if write_password is not None and spec.write_user is None:
             raise InvalidInput("a write password needs --write-user")
         box = self._require_box()
@@ -415,7 +591,14 @@ class Catalog:
             tls=spec.tls,
             pool_size=spec.pool_size,
             pool_timeout_seconds=spec.pool_timeout_seconds,
+            approvals_required=spec.approvals_required,
+            ddl_approvals_required=spec.ddl_approvals_required,
+            block_ddl=spec.block_ddl,
+            request_ttl_seconds=spec.request_ttl_seconds,
+            hold_wait_seconds=spec.hold_wait_seconds,
+            allowed_schemas=list(spec.allowed_schemas) if spec.allowed_schemas is not None else None,
         )
+        _check_source(row)
         async with self._store.write_session() as session, session.begin():
             if await session.scalar(select(Source.id).where(Source.name == spec.name)) is not None:
                 raise AlreadyExists(f"source {spec.name!r} already exists")
@@ -435,9 +618,59 @@ class Catalog:
                     "write_user": spec.write_user,
                     "tls": spec.tls.value,
                     "pool_size": spec.pool_size,
+                    "approvals_required": spec.approvals_required,
+                    "ddl_approvals_required": spec.ddl_approvals_required,
+                    "block_ddl": spec.block_ddl,
+                    "request_ttl_seconds": spec.request_ttl_seconds,
+                    "hold_wait_seconds": spec.hold_wait_seconds,
+                    "allowed_schemas": list(spec.allowed_schemas)
+                    if spec.allowed_schemas is not None
+                    else None,
                 },
             )
         return _source_view(row)
+
+    async def update_source(self, name: str, changes: Mapping[str, Any], *, actor: str | None) -> SourceView:
+        """Change some of MUTABLE_SOURCE_FIELDS of a source in one audited transaction.
+
+        `read_password` / `write_password`: a string sets the password, None clears it. Clearing
+        `write_user` clears the write password too. The audit event names the changed fields and
+        their new values, except passwords, which appear only as "set" or "cleared".
+        """
+        unknown = set(changes) - MUTABLE_SOURCE_FIELDS
+        if unknown:
+            raise InvalidInput(f"cannot change {', '.join(sorted(unknown))} of a source")
+        box = self._require_box() if _SECRET_SOURCE_FIELDS & set(changes) else None
+        async with self._store.write_session() as session, session.begin():
+            src = await self._source(session, name)
+            recorded: dict[str, Any] = {}
+            for key, value in changes.items():
+                if key in _SECRET_SOURCE_FIELDS:
+                    role = key.removesuffix("_password")
+                    sealed = box.seal(value, _seal_context(name, role)) if box and value else None
+                    setattr(src, f"{role}_password_sealed", sealed)
+                    recorded[key] = "set" if sealed else "cleared"
+                    continue
+                if key == "tls":
+                    try:
+                        value = UpstreamTLS(value)
+                    except ValueError:
+                        raise InvalidInput(
+                            f"invalid tls mode {value!r}: use disable, prefer or require"
+                        ) from None
+                elif key == "allowed_schemas" and value is not None:
+                    value = list(value)
+                setattr(src, key, value)
+                recorded[key] = value.value if isinstance(value, UpstreamTLS) else value
+            if "write_user" in changes and changes["write_user"] is None and src.write_password_sealed:
+                src.write_password_sealed = None
+                recorded["write_password"] = "cleared"  # noqa: S105 - a status word
+            _check_source(src)
+            await audit.append(
+                session, "source.updated", actor=actor, source=name, subject=name, payload=recorded
+            )
+            await session.flush()
+            return _source_view(src, await self._grants_of(session, src.id))
 
     async def _grants_of(self, session: AsyncSession, source_id: int) -> list[tuple[str, str]]:
         rows = await session.execute(
