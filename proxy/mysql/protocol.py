@@ -1149,6 +1149,12 @@ def parse_stmt_execute(
     return StmtExecute(stmt_id, flags, iterations, bitmap, bool(bound), types, tuple(values))
 
 
+def is_length_encoded_type(kind: ColumnType) -> bool:
+    """Whether a binary-protocol value of this type is a length-encoded string (strings, blobs,
+    decimals, JSON, …) rather than fixed-size or a length-prefixed temporal value."""
+    return kind not in _FIXED_SIZE and kind not in _TEMPORAL
+
+
 def decode_binary_value(kind: ColumnType, unsigned: bool, raw: bytes) -> int | float | bytes:
     """A parameter's wire bytes as a Python value: ints and floats decoded, strings and decimals
     as their bytes, temporal values as their packed bytes (length byte removed)."""

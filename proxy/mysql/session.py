@@ -24,7 +24,7 @@ import re
 import secrets
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import structlog
@@ -61,6 +61,9 @@ ER_SPECIFIC_ACCESS_DENIED = 1227
 ER_NOT_SUPPORTED = 1235
 ER_SECURE_TRANSPORT_REQUIRED = 3159
 ER_NO_SUCH_THREAD = 1094
+ER_UNKNOWN_STMT_HANDLER = 1243
+ER_WRONG_ARGUMENTS = 1210
+MAX_LONG_DATA = my.DEFAULT_MAX_PAYLOAD  # COM_STMT_SEND_LONG_DATA kept for one held execute
 # Capabilities that change what the server sends, so the upstream must be opened with the client's.
 _UPSTREAM_CAPS = (
     my.Capability.CLIENT_DEPRECATE_EOF
@@ -71,6 +74,12 @@ _UPSTREAM_CAPS = (
     | my.Capability.CLIENT_IGNORE_SPACE
     | my.Capability.CLIENT_LONG_FLAG
 )
+
+
+def _role(level: Level) -> str:
+    return "write" if level is Level.WRITE else "read"
+
+
 _KILL = re.compile(r"^\s*KILL\s+(?:(QUERY|CONNECTION)\s+)?(\d+)\s*;?\s*$", re.IGNORECASE)
 
 
@@ -155,6 +164,10 @@ class _Prepared:
     params: int = 0
     types: bytes | None = None
     virtual: bool = False  # prepared by QueryBase only: a write to hold, never sent upstream
+    # Virtual statements only: COM_STMT_SEND_LONG_DATA chunks per parameter until the next
+    # execute or reset, and the first problem with them (reported at execute, as MySQL does).
+    long_data: dict[int, bytearray] = field(default_factory=dict)
+    long_data_error: str | None = None
 
 
 VIRTUAL_STATEMENT_BASE = 0x7F000000  # virtual statement ids, far above what servers hand out
@@ -190,11 +203,13 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._pending_prepare: _Prepared | None = None
         self._statements: dict[int, _Prepared] = {}
         self._next_virtual = VIRTUAL_STATEMENT_BASE
+        self._last_prepared = -1  # what MariaDB's statement id 0xFFFFFFFF means
         self._sql_prepared: dict[str, Kind] = {}
         self._busy = False
         self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
         self._read_buffer = bytearray()
         self._reply_seq = 2  # the sequence id an ERR during login must carry
+        self._scramble = b""  # the greeting's: COM_CHANGE_USER answers are computed with it
 
     # --------------------------------------------------------------------- transport events
 
@@ -231,6 +246,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             # (and its upstream statement stopped); only a large backlog of commands pauses it.
             if self.reader.buffered > MAX_BACKLOG:
                 self._pause("backlog")
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)  # COM_CHANGE_USER waits for the client's auth answer
             self._process()
             return
         if not self.on_tls and self.reader.bytes_to_next_packet() <= 0:
@@ -285,21 +302,23 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     )
                 )
                 return
-        elif (
-            command is my.Command.COM_RESET_CONNECTION
-            and self.upstream is not None
-            and self.upstream.target.read_only
-        ):
-            # The reset also reset the session's read-only flag: set it again before the next command.
-            self._hidden = True
-            scanner.start(my.Command.COM_QUERY)
-            self.upstream.transport.write(my.make_packets(my.make_query(READ_ONLY_SQL), 0)[0])
-            self._in_flight = my.Command.COM_QUERY
-            return
+        elif command is my.Command.COM_RESET_CONNECTION:
+            if scanner.error is None:
+                # The upstream dropped its statements; the virtual ones go too, as on a server.
+                self._statements.clear()
+                self._sql_prepared.clear()
+            if self.upstream is not None and self.upstream.target.read_only:
+                # The reset also reset the session's read-only flag: set it again first.
+                self._hidden = True
+                scanner.start(my.Command.COM_QUERY)
+                self.upstream.transport.write(my.make_packets(my.make_query(READ_ONLY_SQL), 0)[0])
+                self._in_flight = my.Command.COM_QUERY
+                return
         if command is my.Command.COM_STMT_PREPARE and self._pending_prepare is not None:
             if scanner.prepare_ok is not None:
                 prepared = replace(self._pending_prepare, params=scanner.prepare_ok.num_params)
                 self._statements[scanner.prepare_ok.statement_id] = prepared
+                self._last_prepared = scanner.prepare_ok.statement_id
             self._pending_prepare = None
         self._process()
 
@@ -401,14 +420,25 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.user = response.user
         self.source = response.database or ""
         self.log = self.log.bind(user=self.user)
+        self._scramble = scramble
+        return await self._check_password(
+            self.user, response.auth_plugin, response.auth_response, scramble, seq
+        )
+
+    async def _check_password(self, user: str, plugin: str, answer: bytes, nonce: bytes, seq: int) -> int:
+        """Verify `user`'s scramble `answer` (the plugin flow of login and COM_CHANGE_USER): a
+        plugin other than caching_sha2/native is switched to native with a fresh scramble.
+        `seq` is the sequence id of the client packet answered. Returns the sequence id the next
+        server packet (OK) must carry; raises MySQLError 1045 on a wrong password."""
+        assert self.transport is not None
         address = self.peer.rpartition(":")[0]
         try:
-            self.f.limiter.check(self.user, address)
+            self.f.limiter.check(user, address)
         except LoginFailed as exc:
             raise MySQLError(ER_ACCESS_DENIED, "28000", exc.message) from None
-        login = await self.f.catalog.user_login(self.user)
+        login = await self.f.catalog.user_login(user)
         usable = login is not None and login.active
-        plugin, answer, nonce, seq = response.auth_plugin or NATIVE, response.auth_response, scramble, seq
+        plugin = plugin or NATIVE
         if plugin not in (CACHING_SHA2, NATIVE):
             # Switch to the plugin every client has; the new scramble guards against replay.
             nonce = bytes(secrets.choice(range(1, 128)) for _ in range(my.SCRAMBLE_LENGTH))
@@ -427,14 +457,15 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         seq = my.next_seq(seq)
         self._reply_seq = seq
         if not ok:
-            self.f.limiter.failure(self.user, address)
-            self.log.info("login_failed", reason="wrong password" if usable else "unknown or disabled user")
-            host = self.peer.rpartition(":")[0]
+            self.f.limiter.failure(user, address)
+            self.log.info(
+                "login_failed", user=user, reason="wrong password" if usable else "unknown or disabled user"
+            )
             used = "YES" if answer else "NO"
             raise MySQLError(
                 ER_ACCESS_DENIED,
                 "28000",
-                f"Access denied for user '{self.user}'@'{host}' (using password: {used})",
+                f"Access denied for user '{user}'@'{address}' (using password: {used})",
             )
         if plugin == CACHING_SHA2:
             self.transport.write(my.make_packets(my.make_auth_more_data(b"\x03"), seq)[0])
@@ -442,52 +473,63 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._reply_seq = seq
         return seq
 
-    async def _choose_source(self) -> SourceCredentials:
-        if self.source:
+    async def _choose_source(self, user: str, source: str) -> SourceCredentials:
+        """The source the handshake (or COM_CHANGE_USER) database names; without one, the only
+        MySQL source `user` can reach."""
+        if source:
             try:
-                creds = await self.f.catalog.source_credentials(self.source)
+                creds = await self.f.catalog.source_credentials(source)
             except NotFound:
                 raise MySQLError(
-                    ER_BAD_DB, "42000", f"Unknown database '{self.source}' (no QueryBase source of that name)"
+                    ER_BAD_DB, "42000", f"Unknown database '{source}' (no QueryBase source of that name)"
                 ) from None
             if creds.view.engine != "mysql":
                 raise MySQLError(
-                    ER_BAD_DB,
-                    "42000",
-                    f"source '{self.source}' is a PostgreSQL source: use the PostgreSQL port",
+                    ER_BAD_DB, "42000", f"source '{source}' is a PostgreSQL source: use the PostgreSQL port"
                 )
             return creds
         reachable = []
         for view in await self.f.catalog.list_sources():
-            if view.engine == "mysql" and (await self.f.catalog.levels(self.user, view.name))[0] is not None:
+            if view.engine == "mysql" and (await self.f.catalog.levels(user, view.name))[0] is not None:
                 reachable.append(view.name)
         if len(reachable) != 1:
             names = ", ".join(reachable) or "none"
             raise MySQLError(1046, "3D000", f"No database selected: name a source; yours are: {names}")
-        self.source = reachable[0]
-        return await self.f.catalog.source_credentials(self.source)
+        return await self.f.catalog.source_credentials(reachable[0])
 
-    async def _attach_source(self, seq: int) -> None:
-        assert self.transport is not None
-        creds = await self._choose_source()
-        self.log = self.log.bind(source=self.source)
-        level, _ = await self.f.catalog.levels(self.user, self.source)
+    async def _grant(self, user: str, source: str) -> tuple[SourceCredentials, Level]:
+        creds = await self._choose_source(user, source)
+        level, _ = await self.f.catalog.levels(user, creds.view.name)
         if level is None:
             raise MySQLError(
                 ER_DBACCESS_DENIED,
                 "42000",
-                f"Access denied for user '{self.user}' to database '{self.source}'",
+                f"Access denied for user '{user}' to database '{creds.view.name}'",
             )
-        self.level = level
-        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
-        self.allowed_schemas = creds.view.allowed_schemas
-        role = "write" if level is Level.WRITE else "read"
+        return creds, level
+
+    def _upstream_for(
+        self, creds: SourceCredentials, level: Level
+    ) -> tuple[Pool[UpstreamConnection], Params]:
+        """The pool and the connection parameters for an upstream of `creds`' source at `level`."""
         params = (
             ("capabilities", str(int(self.capabilities & _UPSTREAM_CAPS))),
             ("charset", str(my.UTF8MB4_GENERAL_CI)),
             ("schema", creds.view.database),
         )
-        self.pool = self.f.pool(creds, role)
+        return self.f.pool(creds, _role(level)), params
+
+    def _become(self, user: str, creds: SourceCredentials, level: Level) -> None:
+        self.user, self.source, self.level = user, creds.view.name, level
+        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.allowed_schemas = creds.view.allowed_schemas
+        self.log = self.log.bind(user=user, source=self.source)
+
+    async def _attach_source(self, seq: int) -> None:
+        assert self.transport is not None
+        creds, level = await self._grant(self.user, self.source)
+        self._become(self.user, creds, level)
+        self.pool, params = self._upstream_for(creds, level)
         upstream = await self.pool.acquire(params)
         if self._closed:
             await self.pool.release(upstream)
@@ -497,7 +539,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         upstream.attach(self)
         self._ready = True
         self._resume("login")
-        self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
+        self.log.info("connected", level=level.value, role=_role(level), tls=self.on_tls)
         self._process()
 
     # ---------------------------------------------------------------------------------- relay
@@ -586,6 +628,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             raise MySQLError(1064, "42000", "QueryBase could not read the statement's parameters")
         statement_id, self._next_virtual = self._next_virtual, self._next_virtual + 1
         self._statements[statement_id] = _Prepared(sql, c, params, virtual=True)
+        self._last_prepared = statement_id
         deprecate_eof = bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
         payloads = [my.make_stmt_prepare_ok(statement_id, 0, params)]
         payloads += [my.make_column_definition("?") for _ in range(params)]
@@ -599,44 +642,63 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _on_execute(self, command: my.Command, body: bytes, payload: bytes) -> None:
         statement_id = int.from_bytes(body[:4], "little") if len(body) >= 4 else -1
+        if statement_id == my.MARIADB_LAST_PREPARED_STATEMENT:
+            statement_id = self._last_prepared
         prepared = self._statements.get(statement_id)
-        c = (
-            prepared.classification
-            if prepared is not None
-            else Classification(
-                Kind.UNKNOWN, reason=f"statement {statement_id} was not prepared by this session"
-            )
-        )
-        verdict = self._decide(c)
-        if verdict.action is Action.FORWARD and prepared is not None and prepared.virtual:
-            # Prepared while the user could not write, executed now that they can: not upstream.
+        if prepared is None:
+            # Never prepared here (or dropped by a reset / change of user): nothing to run or hold.
             raise MySQLError(
-                1243, "HY000", "the statement was prepared while writes were held: prepare it again"
+                ER_UNKNOWN_STMT_HANDLER,
+                "HY000",
+                f"Unknown prepared statement handler ({statement_id}) given to mysqld_stmt_execute",
             )
+        verdict = self._decide(prepared.classification)
         if verdict.action is Action.FORWARD:
-            if prepared is not None and prepared.params:
-                try:
-                    execute = my.parse_stmt_execute(body, prepared.params, prepared.types)
-                    prepared.types = execute.types or prepared.types
-                except my.ProtocolViolation:
-                    pass  # the upstream will answer it
+            if prepared.virtual:
+                # Prepared while the user could not write, executed now that they can: not upstream.
+                raise MySQLError(
+                    ER_UNKNOWN_STMT_HANDLER,
+                    "HY000",
+                    "the statement was prepared while writes were held: prepare it again",
+                )
             self._forward(command, payload)
             return
-        parameters = None
-        if prepared is not None:
-            try:
-                execute = my.parse_stmt_execute(body, prepared.params, prepared.types)
-                parameters = [
-                    {
-                        "type": int(kind),
-                        "unsigned": unsigned,
-                        "value_b64": None if raw is None else base64.b64encode(raw).decode(),
-                    }
-                    for (kind, unsigned), raw in zip(execute.param_types(), execute.values, strict=False)
-                ]
-            except my.ProtocolViolation:
-                parameters = None
-        self._refuse(verdict, prepared.sql if prepared else "", c, parameters)
+        parameters = self._held_parameters(prepared, body) if verdict.action is Action.HOLD else None
+        self._refuse(verdict, prepared.sql, prepared.classification, parameters)
+
+    def _held_parameters(self, prepared: _Prepared, body: bytes) -> list[dict[str, Any]]:
+        """The bound values of a held COM_STMT_EXECUTE, as binary-protocol wire bytes with their
+        types; a parameter sent by COM_STMT_SEND_LONG_DATA gets its whole value as a
+        length-encoded string. An execute consumes the long data, as in MySQL."""
+        long_data, error = prepared.long_data, prepared.long_data_error
+        prepared.long_data, prepared.long_data_error = {}, None
+        if error is not None:
+            raise MySQLError(
+                ER_WRONG_ARGUMENTS, "HY000", f"Incorrect arguments to mysqld_stmt_execute: {error}"
+            )
+        try:
+            execute = my.parse_stmt_execute(body, prepared.params, prepared.types, frozenset(long_data))
+        except my.ProtocolViolation as exc:
+            raise MySQLError(
+                ER_WRONG_ARGUMENTS, "HY000", f"Incorrect arguments to mysqld_stmt_execute: {exc.message}"
+            ) from None
+        prepared.types = execute.types or prepared.types
+        parameters: list[dict[str, Any]] = []
+        for index, ((kind, unsigned), raw) in enumerate(
+            zip(execute.param_types(), execute.values, strict=True)
+        ):
+            if index in long_data:
+                raw = my.make_lenenc_str(bytes(long_data[index]))
+                if not my.is_length_encoded_type(kind):
+                    kind = my.ColumnType.MYSQL_TYPE_BLOB  # what the long data was sent for
+            parameters.append(
+                {
+                    "type": int(kind),
+                    "unsigned": unsigned,
+                    "value_b64": None if raw is None else base64.b64encode(raw).decode(),
+                }
+            )
+        return parameters
 
     def _on_close_statement(self, command: my.Command, body: bytes, payload: bytes) -> None:
         prepared = self._statements.pop(my.parse_statement_id(body), None)
@@ -648,10 +710,27 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         prepared = self._statements.get(my.parse_statement_id(body[:4], command.name))
         if prepared is None or not prepared.virtual:
             self._forward(command, payload)
+        elif command is my.Command.COM_STMT_SEND_LONG_DATA:
+            self._long_data(prepared, body)  # no reply, ever: problems show at the execute
         elif command is my.Command.COM_STMT_RESET:
+            prepared.long_data, prepared.long_data_error = {}, None
             self._reply_ok()
         elif command is my.Command.COM_STMT_FETCH:
             raise MySQLError(1421, "HY000", "the statement was held for approval: it has no cursor")
+
+    @staticmethod
+    def _long_data(prepared: _Prepared, body: bytes) -> None:
+        _, index, chunk = my.parse_stmt_send_long_data(body)
+        if prepared.long_data_error is not None:
+            return
+        if index >= prepared.params:
+            prepared.long_data_error = f"long data for parameter {index}; the statement has {prepared.params}"
+            return
+        total = sum(len(data) for data in prepared.long_data.values()) + len(chunk)
+        if total > MAX_LONG_DATA:
+            prepared.long_data, prepared.long_data_error = {}, f"long data over {MAX_LONG_DATA} bytes"
+            return
+        prepared.long_data.setdefault(index, bytearray()).extend(chunk)
 
     def _on_init_db(self, command: my.Command, body: bytes, payload: bytes) -> None:
         schema = my.parse_init_db(body)
@@ -667,9 +746,86 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.transport.close()
 
     def _on_change_user(self, command: my.Command, body: bytes, payload: bytes) -> None:
-        raise MySQLError(
-            ER_NOT_SUPPORTED, "42000", "COM_CHANGE_USER is not supported through QueryBase yet: reconnect"
-        )
+        request = my.parse_change_user(body, self.capabilities)
+        self._busy = True
+        self._spawn(self._change_user(request))
+
+    async def _change_user(self, request: my.ChangeUser) -> None:
+        """COM_CHANGE_USER: re-authenticate (answers are computed with the greeting's scramble),
+        check the grant on the (possibly other) source, then start a fresh upstream session and
+        forget the client's prepared statements, as MySQL does. On any refusal the session stays
+        what it was (MariaDB keeps the old user after a failed change, too)."""
+        self._reply_seq = 1
+        try:
+            try:
+                async with asyncio.timeout(LOGIN_TIMEOUT):
+                    seq = await self._check_password(
+                        request.user, request.auth_plugin, request.auth_response, self._scramble, 0
+                    )
+                    creds, level = await self._grant(request.user, request.database or "")
+                    await self._switch_upstream(*self._upstream_for(creds, level))
+            except MySQLError as exc:
+                self._send_err(exc, self._reply_seq)
+                return
+            except (TimeoutError, ConnectionResetError):
+                self._fatal(my.ProtocolViolation("COM_CHANGE_USER did not complete"), self._reply_seq)
+                return
+            except QueryBaseError as exc:  # no upstream for the new user (pool full, upstream down)
+                error = MySQLError(exc.mysql_errno, "HY000", exc.message)
+                if self.upstream is None:
+                    self._fatal(error, self._reply_seq)  # the old one is gone too: cannot go on
+                else:
+                    self._send_err(error, self._reply_seq)
+                return
+            if self._closed or self.upstream is None:
+                return
+            previous = (self.user, self.source)
+            self._become(request.user, creds, level)
+            self.log.info(
+                "user_changed", previous_user=previous[0], previous_source=previous[1], level=level.value
+            )
+            assert self.transport is not None
+            self.transport.write(my.make_packets(my.make_ok(status=self.upstream.status), seq)[0])
+        finally:
+            self._busy = False
+            self._process()
+
+    async def _switch_upstream(self, pool: Pool[UpstreamConnection], params: Params) -> None:
+        """A fresh upstream session from `pool`: the current one reset in place when it comes from
+        the same pool, else a new one (the old one goes back to its pool). Client-side statement
+        state is dropped: the upstream forgot its statements, user variables and settings too."""
+        old, old_pool = self.upstream, self.pool
+        self.upstream = None  # while switching, a client hang-up must not release it twice
+        new: UpstreamConnection | None = None
+        try:
+            if old is not None and old_pool is pool:
+                if await old.reset():
+                    new, old = old, None
+                else:
+                    await pool.release(old, reusable=False)
+                    old = None
+            if new is None:
+                new = await pool.acquire(params)
+        except BaseException:
+            if old is not None and old_pool is not None:
+                if old_pool is pool or self._closed:
+                    self._spawn(old_pool.release(old))
+                else:
+                    self.upstream = old  # the new source is unreachable: keep the old session
+            raise
+        if old is not None and old_pool is not None:
+            old.detach()
+            self._spawn(old_pool.release(old))
+        if self._closed:
+            await pool.release(new)
+            return
+        self.upstream, self.pool = new, pool
+        self._statements.clear()
+        self._sql_prepared.clear()
+        self._pending_prepare = None
+        self._scanner = None
+        self._upstream_reader = my.PacketReader()
+        new.attach(self)
 
     def _on_forward(self, command: my.Command, body: bytes, payload: bytes) -> None:
         self._forward(command, payload)
@@ -678,7 +834,21 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _kill(self, what: str, target_id: int) -> None:
         target = self.f.sessions.get(target_id)
-        if target is None or target.user != self.user or target.upstream is None:
+        if target is None or target.user != self.user:
+            # Not a QueryBase connection id of this user: perhaps the upstream thread id that
+            # CONNECTION_ID() and SHOW PROCESSLIST show, of this user's session on this source.
+            target = next(
+                (
+                    s
+                    for s in self.f.sessions.values()
+                    if s.user == self.user
+                    and s.source == self.source
+                    and s.upstream is not None
+                    and s.upstream.thread_id == target_id
+                ),
+                None,
+            )
+        if target is None or target.upstream is None:
             raise MySQLError(ER_NO_SUCH_THREAD, "HY000", f"Unknown thread id: {target_id}")
         if what.upper() == "QUERY":
             self._busy = True
