@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
-from admin_api import audit, auth, errors, grants, groups, sessions, sources, users
+from admin_api import audit, auth, errors, grants, groups, requests, sessions, sources, users
 from admin_api.deps import ApiContext
 from proxy.errors import QueryBaseError
 
@@ -23,6 +23,7 @@ ROUTERS: list[APIRouter] = [
     grants.router,
     audit.router,
     sessions.router,
+    requests.router,
 ]
 
 

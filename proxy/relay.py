@@ -286,6 +286,10 @@ class UpstreamBase(Generic[M]):
     def broken(self) -> bool:
         return self._protocol.lost or self._transport is None or self._transport.is_closing()
 
+    async def read(self) -> M:
+        """Control mode: the next whole message from the upstream (UpstreamLost when it is gone)."""
+        return await self._protocol.read()
+
     def attach(self, sink: UpstreamSink) -> None:
         """Relay mode: every byte from now on goes to `sink`."""
         if self._protocol.reader.buffered:

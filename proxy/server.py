@@ -20,10 +20,14 @@ import uvicorn
 
 from admin_api.app import create_app
 from admin_api.deps import ApiContext
+from admin_api.requests import EXTRA as CHANGES_EXTRA
 from admin_api.tokens import derive_signing_key
+from proxy.changes import ChangeService
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
+from proxy.executor import Executor
 from proxy.mysql.session import MySQLFrontend
+from proxy.notify import Notifier
 from proxy.pg.session import PgFrontend
 from proxy.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
@@ -73,6 +77,9 @@ async def _run(
     loop = asyncio.get_running_loop()
     catalog = Catalog(store, box)
     sessions = SessionRegistry()
+    notifier = Notifier(settings.notify, store)
+    executor = Executor(store, catalog, notifier)
+    changes = ChangeService(store, catalog, executor)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -99,6 +106,7 @@ async def _run(
         admin_sock = bind("admin.listen", settings.admin.listen) if settings.admin.listen else None
         if pg_sock is not None:
             pg_frontend = PgFrontend(settings, store, catalog, tls)
+            pg_frontend.changes = changes
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
             my_frontend = MySQLFrontend(settings, store, catalog, tls)
@@ -113,6 +121,7 @@ async def _run(
                 readiness=readiness,
                 sessions=sessions,
                 signing_key=signing_key,
+                extras={CHANGES_EXTRA: changes},
             )
             config = uvicorn.Config(create_app(api), log_config=None, lifespan="off", access_log=False)
             admin = _EmbeddedUvicorn(config)
@@ -122,6 +131,8 @@ async def _run(
                     admin_task.result()
                     raise ConfigError(f"admin.listen: the admin listener on {settings.admin.listen} stopped")
                 await asyncio.sleep(0.01)
+        await notifier.start()
+        executor.start()  # resolves requests a crash left executing, then runs and expires requests
         listening = True
         log.info(
             "ready",
@@ -148,5 +159,7 @@ async def _run(
             admin.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(admin_task, SHUTDOWN_TIMEOUT)
+        await executor.close(SHUTDOWN_TIMEOUT)
+        await notifier.close(SHUTDOWN_TIMEOUT)
     log.info("stopped")
     return 0

@@ -428,6 +428,90 @@ def make_sasl_response(data: bytes) -> bytes:
     return message(b"p", data)
 
 
+def make_parse(name: bytes, query: bytes, type_oids: list[int]) -> bytes:
+    """Parse with the query already in the session's encoding."""
+    oids = b"".join(struct.pack("!I", oid & 0xFFFFFFFF) for oid in type_oids)
+    return message(b"P", name + b"\x00" + query + b"\x00" + _I16.pack(len(type_oids)) + oids)
+
+
+def make_bind(
+    portal: bytes,
+    statement: bytes,
+    formats: list[int],
+    values: list[bytes | None],
+    result_formats: list[int],
+) -> bytes:
+    body = [portal, b"\x00", statement, b"\x00", _I16.pack(len(formats))]
+    body += [_I16.pack(f) for f in formats]
+    body.append(_I16.pack(len(values)))
+    for value in values:
+        body.append(_I32.pack(-1) if value is None else _I32.pack(len(value)) + value)
+    body.append(_I16.pack(len(result_formats)))
+    body += [_I16.pack(f) for f in result_formats]
+    return message(b"B", b"".join(body))
+
+
+def make_describe(what: bytes, name: bytes) -> bytes:
+    """Describe a statement (`b"S"`) or portal (`b"P"`)."""
+    return message(b"D", what + name + b"\x00")
+
+
+def make_execute(portal: bytes, max_rows: int = 0) -> bytes:
+    return message(b"E", portal + b"\x00" + _I32.pack(max_rows))
+
+
+def parse_row_description(body: bytes, encoding: str = "utf-8") -> list[str]:
+    """RowDescription: the column names."""
+    cur = _Cursor(body, "RowDescription", encoding)
+    names = []
+    for _ in range(cur.count("column")):
+        names.append(cur.cstring())
+        cur.take(18)
+    cur.end()
+    return names
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    cur = _Cursor(body, "DataRow")
+    values: list[bytes | None] = []
+    for _ in range(cur.count("column")):
+        size = cur.int32()
+        values.append(None if size == -1 else cur.take(size))
+    cur.end()
+    return values
+
+
+def parse_command_complete(body: bytes, encoding: str = "utf-8") -> tuple[str, int | None]:
+    """CommandComplete: (tag, rows) — rows is the tag's last number for INSERT/UPDATE/DELETE/
+    MERGE/SELECT/COPY/MOVE/FETCH, else None."""
+    tag = _text(body.rstrip(b"\x00"), "command tag", encoding)
+    last = tag.rsplit(" ", 1)[-1]
+    verb = tag.split(" ", 1)[0]
+    counted = verb in {"INSERT", "UPDATE", "DELETE", "MERGE", "SELECT", "COPY", "MOVE", "FETCH"}
+    return tag, int(last) if counted and last.isdigit() else None
+
+
+TEXT_OID = 25
+
+
+def make_row_description(columns: list[str]) -> bytes:
+    """RowDescription of text columns (type text, text format)."""
+    body = [_I16.pack(len(columns))]
+    for name in columns:
+        body.append(name.encode("utf-8") + b"\x00" + struct.pack("!IhIhih", 0, 0, TEXT_OID, -1, -1, 0))
+    return message(b"T", b"".join(body))
+
+
+def make_data_row(values: list[bytes | None]) -> bytes:
+    body = [_I16.pack(len(values))]
+    body += [_I32.pack(-1) if v is None else _I32.pack(len(v)) + v for v in values]
+    return message(b"D", b"".join(body))
+
+
+def make_command_complete(tag: str) -> bytes:
+    return message(b"C", tag.encode("utf-8") + b"\x00")
+
+
 SYNC = message(b"S")
 FLUSH = message(b"H")
 TERMINATE = message(b"X")

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -46,8 +47,11 @@ from proxy.pool import Pool
 from proxy.relay import RelaySession, source_pool
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
-from proxy.store.requests import HeldStatement, create_request
+from proxy.store.requests import Actor, HeldStatement, RequestDetail, create_request
 from proxy.store.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
+
+if TYPE_CHECKING:
+    from proxy.changes import ChangeService
 
 log = structlog.get_logger("querybase.pg")
 
@@ -91,6 +95,9 @@ class PgFrontend:
         self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[tuple[int, bytes], PgSession] = {}
         self.live: set[PgSession] = set()
+        # The change-request service (notifications, waiting mode); `serve` sets it. Without it
+        # held statements are stored directly and never waited for.
+        self.changes: ChangeService | None = None
 
     def protocol(self) -> PgSession:
         return PgSession(self)
@@ -132,6 +139,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.source = ""
         self.level: Level | None = None
         self.policy = SourcePolicy()
+        self.hold_wait = 0
+        self._waiting: asyncio.Event | None = None  # set by a CancelRequest while waiting
         self.params: dict[str, str] = {}
         self.key: tuple[int, bytes] | None = None
         self.upstream: UpstreamConnection | None = None
@@ -341,8 +350,11 @@ class PgSession(RelaySession, asyncio.Protocol):
             target.cancel_running()
 
     def cancel_running(self) -> None:
-        """A CancelRequest with this session's key: cancel its upstream statement, if one runs."""
-        if self.upstream is not None and self._pending:
+        """A CancelRequest with this session's key: cancel its upstream statement, if one runs,
+        or the change request it is waiting for."""
+        if self._waiting is not None:
+            self._waiting.set()
+        elif self.upstream is not None and self._pending:
             self._spawn(self.upstream.stop_running())
 
     async def _start_session(self, startup: pgp.StartupMessage) -> None:
@@ -444,6 +456,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             )
         self.level = level
         self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.hold_wait = creds.view.hold_wait_seconds
         role = "write" if level is Level.WRITE else "read"
         upstream_params = tuple(
             sorted((k, v) for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS)
@@ -618,16 +631,18 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     async def _finish_refusal(self, verdict: Verdict, draft: HeldStatementDraft, extended: bool) -> None:
         try:
-            error = await self._refusal_error(verdict, draft)
+            error, request_id = await self._refusal_error(verdict, draft)
             await self._upstream_idle()
-            if self.status == b"T" and self.upstream is not None:
+            assert self.transport is not None
+            if request_id is not None and self.status == b"I" and self.hold_wait > 0 and self.f.changes:
+                error = await self._wait_for_decision(request_id, extended)
+            elif self.status == b"T" and self.upstream is not None:
                 # Inside a transaction block PostgreSQL would abort the transaction on this error;
                 # make the upstream do exactly that, so what follows behaves as it would there.
                 self._pending.append(_DROP_ALL)
                 self._special += 1
                 self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
                 await self._upstream_idle()
-            assert self.transport is not None
             if extended:
                 self.transport.write(error)
                 self._discard = True
@@ -638,22 +653,72 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._resume("refuse")
         self._process()
 
+    async def _wait_for_decision(self, request_id: int, extended: bool) -> bytes:
+        """Waiting mode: tell the client at once, then wait for the request to end. Returns what
+        the client gets instead of the statement's own response (result, or an error)."""
+        changes = self.f.changes
+        assert changes is not None
+        assert self.transport is not None
+        self.transport.write(
+            pgp.make_error(
+                "NOTICE",
+                "00000",
+                f"write held for approval as change request #{request_id} on source "
+                f'"{self.source}"; waiting up to {self.hold_wait}s for a decision (cancel to withdraw it)',
+                notice=True,
+            )
+        )
+        cancelled = self._waiting = asyncio.Event()
+        waiter = asyncio.ensure_future(changes.executor.wait_final(request_id, self.hold_wait))
+        stop = asyncio.ensure_future(cancelled.wait())
+        try:
+            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting = None
+            stop.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(QueryBaseError):
+                await changes.cancel(Actor(self.user), request_id, "cancelled by the client while waiting")
+            self.log.info("held_wait_cancelled", request=request_id)
+            return pgp.make_error(
+                "ERROR",
+                "57014",
+                f"canceling statement due to user request; change request #{request_id} cancelled",
+            )
+        view = waiter.result()
+        if view is None:
+            return _held_error(
+                request_id, self.source, f"still pending after {self.hold_wait}s; it runs when approved"
+            )
+        if view.status == "succeeded":
+            return _execution_result(view, extended, self._encoding)
+        ex = view.execution
+        if view.status == "failed" and ex is not None:
+            return pgp.make_error(
+                "ERROR",
+                ex.sqlstate or "XX000",
+                f"change request #{request_id} was approved but failed: {ex.error_message}",
+            )
+        return _held_error(request_id, self.source, f"it was {view.status}; it did not run")
+
     async def _upstream_idle(self) -> None:
         """Wait until the upstream has answered everything sent to it."""
         if self._pending:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
 
-    async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> bytes:
+    async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> tuple[bytes, int | None]:
         kind = verdict.kind.value
         if verdict.action is Action.DENY:
             self.log.info("statement_denied", kind=kind, reason=verdict.reason)
-            return pgp.make_error(
+            denied = pgp.make_error(
                 "ERROR",
                 "42501",
                 f"permission denied: {verdict.reason} "
                 f'(user "{self.user}" has {self.level} on source "{self.source}")',
             )
+            return denied, None
         facts = {
             "protocol": "postgresql",
             "client_addr": self.peer,
@@ -668,25 +733,57 @@ class PgSession(RelaySession, asyncio.Protocol):
         }
         held = HeldStatement(draft.text, draft.classification, draft.parameters(self._encoding), facts)
         try:
-            request_id = await create_request(self.f.store, user=self.user, source=self.source, held=held)
+            if self.f.changes is not None:
+                request_id = await self.f.changes.created(user=self.user, source=self.source, held=held)
+            else:
+                request_id = await create_request(self.f.store, user=self.user, source=self.source, held=held)
         except QueryBaseError as exc:
             self.log.error("hold_failed", error=exc.message)
-            return pgp.make_error(
+            failed = pgp.make_error(
                 "ERROR", "58000", f"the write could not be held for approval: {exc.message}"
             )
+            return failed, None
         except Exception as exc:
             self.log.exception("hold_failed")
-            return pgp.make_error(
+            failed = pgp.make_error(
                 "ERROR", "58000", f"the write could not be held for approval: {type(exc).__name__}"
             )
+            return failed, None
         self.log.info("statement_held", kind=kind, request=request_id)
-        return pgp.make_error(
-            "ERROR",
-            "QB001",
-            f'write held for approval as change request #{request_id} on source "{self.source}"',
-            detail="The statement did not run. It runs once, exactly as sent, when an approver approves it.",
-            hint=f"Review it with `querybase` or the admin API (change request {request_id}).",
-        )
+        return _held_error(request_id, self.source), request_id
+
+
+def _held_error(request_id: int, source: str, state: str = "") -> bytes:
+    """QB001: the statement is held (or its waiting ended without a result)."""
+    detail = "The statement did not run. It runs once, exactly as sent, when an approver approves it."
+    return pgp.make_error(
+        "ERROR",
+        "QB001",
+        f'write held for approval as change request #{request_id} on source "{source}"'
+        + (f" ({state})" if state else ""),
+        detail=detail,
+        hint=f"Review it with `querybase` or the admin API (change request {request_id}).",
+    )
+
+
+def _execution_result(view: RequestDetail, extended: bool, encoding: str) -> bytes:
+    """What the statement would have answered, rebuilt from the recorded execution: command tags
+    and (simple protocol only) the RETURNING rows as text columns."""
+    ex = view.execution
+    statements = (ex.rows_affected or {}).get("statements", []) if ex is not None else []
+    out = bytearray()
+    rows = ex.returning_rows if ex is not None and not extended else None
+    for index, statement in enumerate(statements or [{"tag": "OK"}]):
+        last = index == len(statements) - 1
+        if last and rows:
+            columns = list(rows[0]) if isinstance(rows[0], dict) else []
+            out += pgp.make_row_description(columns)
+            for row in rows:
+                out += pgp.make_data_row(
+                    [None if v is None else str(v).encode(encoding, "replace") for v in row.values()]
+                )
+        out += pgp.make_command_complete(str(statement.get("tag") or "OK"))
+    return bytes(out)
 
 
 @dataclass(frozen=True)
