@@ -662,7 +662,8 @@ class Catalog:
                     value = list(value)
                 setattr(src, key, value)
                 recorded[key] = value.value if isinstance(value, UpstreamTLS) else value
-            if "write_user" in changes and changes["write_user"] is None and src.write_password_sealed:
+            clears_write_user = "write_user" in changes and changes["write_user"] is None
+            if clears_write_user and "write_password" not in changes and src.write_password_sealed:
                 src.write_password_sealed = None
                 recorded["write_password"] = "cleared"  # noqa: S105 - a status word
             _check_source(src)
