@@ -107,6 +107,7 @@ async def _run(
         if pg_sock is not None:
             pg_frontend = PgFrontend(settings, store, catalog, tls)
             pg_frontend.changes = changes
+            pg_frontend.registry = sessions
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
             my_frontend = MySQLFrontend(settings, store, catalog, tls)

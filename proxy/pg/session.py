@@ -45,6 +45,7 @@ from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_se
 from proxy.pg.upstream import UpstreamConnection
 from proxy.pool import Pool
 from proxy.relay import RelaySession, source_pool
+from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import Actor, HeldStatement, RequestDetail, create_request
@@ -98,6 +99,7 @@ class PgFrontend:
         # The change-request service (notifications, waiting mode); `serve` sets it. Without it
         # held statements are stored directly and never waited for.
         self.changes: ChangeService | None = None
+        self.registry: SessionRegistry | None = None  # live sessions for the admin API; `serve` sets it
 
     def protocol(self) -> PgSession:
         return PgSession(self)
@@ -141,6 +143,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.policy = SourcePolicy()
         self.hold_wait = 0
         self._waiting: asyncio.Event | None = None  # set by a CancelRequest while waiting
+        self.entry: LiveSession | None = None
         self.params: dict[str, str] = {}
         self.key: tuple[int, bytes] | None = None
         self.upstream: UpstreamConnection | None = None
@@ -175,6 +178,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.log = log.bind(client=self.peer)
         self.f.live.add(self)
+        if self.f.registry is not None:
+            self.entry = self.f.registry.register("postgresql", self.peer, self.terminate_by_admin)
         self._login_task = asyncio.get_running_loop().create_task(self._login())
 
     def data_received(self, data: bytes) -> None:
@@ -194,6 +199,8 @@ class PgSession(RelaySession, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.f.live.discard(self)
+        if self.entry is not None and self.f.registry is not None:
+            self.f.registry.unregister(self.entry)
         if self.key is not None:
             self.f.sessions.pop(self.key, None)
         if self._waiter is not None and not self._waiter.done():
@@ -272,6 +279,14 @@ class PgSession(RelaySession, asyncio.Protocol):
             pgp.make_error("FATAL", "08006", f'connection to the upstream of source "{self.source}" was lost')
         )
         self.transport.close()
+
+    def terminate_by_admin(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.log.info("terminated_by_admin")
+            self.transport.write(
+                pgp.make_error("FATAL", "57P01", "terminating connection due to administrator command")
+            )
+            self.transport.close()
 
     def shutdown(self) -> None:
         if self.transport is not None and not self._closed:
@@ -478,6 +493,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.transport.write(hello)
         upstream.attach(self)
         self._ready = True
+        if self.entry is not None:
+            self.entry.user, self.entry.source, self.entry.state = self.user, self.source, IDLE
         self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
         self._process()
 
@@ -669,6 +686,8 @@ class PgSession(RelaySession, asyncio.Protocol):
             )
         )
         cancelled = self._waiting = asyncio.Event()
+        if self.entry is not None:
+            self.entry.state = WAITING
         waiter = asyncio.ensure_future(changes.executor.wait_final(request_id, self.hold_wait))
         stop = asyncio.ensure_future(cancelled.wait())
         try:
@@ -676,6 +695,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         finally:
             self._waiting = None
             stop.cancel()
+            if self.entry is not None:
+                self.entry.state = IDLE
         if not waiter.done():
             waiter.cancel()
             with contextlib.suppress(QueryBaseError):

@@ -339,3 +339,30 @@ def test_waiting_mode_cancel_withdraws_the_request(gateway: Gateway, items: None
         time.sleep(0.1)
     assert alice.ok("GET", f"/requests/{new[0]['id']}")["status"] == "cancelled"
     assert gateway.count() == 5
+
+
+# ----------------------------------------------------------------------------- live sessions
+
+
+async def _session_listed_then_terminated(gw: Gateway) -> None:
+    conn = await asyncpg.connect(
+        host=gw.host, port=gw.port, user="carol", password=gw.passwords["carol"], database=SOURCE, ssl=False
+    )
+    try:
+        admin = api(gw, "admin")
+        listed = await asyncio.to_thread(admin.ok, "GET", "/sessions")
+        mine = [s for s in listed if s["user"] == "carol" and s["protocol"] == "postgresql"]
+        assert len(mine) == 1, listed
+        assert mine[0]["source"] == SOURCE
+        assert mine[0]["state"] == "idle"
+        await asyncio.to_thread(admin.ok, "DELETE", f"/sessions/{mine[0]['id']}")
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+            await conn.fetchval("SELECT 1")
+        listed = await asyncio.to_thread(admin.ok, "GET", "/sessions")
+        assert not [s for s in listed if s["id"] == mine[0]["id"]]
+    finally:
+        await conn.close()
+
+
+def test_admin_lists_and_terminates_live_sessions(gateway: Gateway, items: None) -> None:
+    asyncio.run(_session_listed_then_terminated(gateway))
