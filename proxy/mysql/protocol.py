@@ -990,6 +990,28 @@ class ChangeUser:
     connect_attrs: dict[str, str]
 
 
+def make_change_user(
+    user: str,
+    auth_response: bytes,
+    database: str | None,
+    charset: int = UTF8MB4_GENERAL_CI,
+    auth_plugin: str = "",
+) -> bytes:
+    """A COM_CHANGE_USER payload for a connection with SECURE_CONNECTION and PLUGIN_AUTH."""
+    if len(auth_response) > 0xFF:
+        raise ValueError("auth response too long for COM_CHANGE_USER")
+    return b"".join(
+        (
+            bytes((Command.COM_CHANGE_USER,)),
+            make_nul_str(user.encode("utf-8")),
+            bytes((len(auth_response),)) + auth_response,
+            make_nul_str((database or "").encode("utf-8")),
+            _U16.pack(charset),
+            make_nul_str(auth_plugin.encode("ascii")),
+        )
+    )
+
+
 def parse_change_user(body: bytes, capabilities: Capability) -> ChangeUser:
     """COM_CHANGE_USER; `capabilities` are those negotiated on the connection."""
     cur = _Cursor(body, "COM_CHANGE_USER")

@@ -17,9 +17,8 @@ import pymysql.cursors
 import pytest
 
 from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2
 from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
-from tests.support.myfront import SOURCE, Gateway, provision, running_gateway, setup_items
+from tests.support.myfront import SOURCE, Gateway, RawMy, provision, running_gateway, setup_items
 from tests.support.pgfront import cli, listen_port
 from tests.support.querybase import init_home, start_serve
 
@@ -300,89 +299,6 @@ def test_load_data_local_infile_is_refused(
 
 
 # ---------------------------------------------------- 7. malformed and truncated packets
-
-
-class RawMy:
-    """A blocking MySQL protocol client on a plain socket; every read has a timeout."""
-
-    def __init__(self, gw: Gateway, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((gw.host, gw.port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = my.PacketReader()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def read(self) -> tuple[int, bytes] | None:
-        """The next payload, or None at EOF."""
-        while True:
-            got = self.reader.next()
-            if got is not None:
-                return got
-            try:
-                data = self.sock.recv(65536)
-            except ConnectionResetError:
-                return None
-            if not data:
-                return None
-            self.reader.feed(data)
-
-    def must_read(self) -> tuple[int, bytes]:
-        got = self.read()
-        assert got is not None, "the server closed the connection"
-        return got
-
-    def login(self, gw: Gateway, user: str, *, byte_by_byte: bool = False) -> None:
-        seq, greeting = self.must_read()
-        hello = my.parse_handshake_v10(greeting)
-        caps = (
-            my.Capability.CLIENT_LONG_PASSWORD
-            | my.Capability.CLIENT_PROTOCOL_41
-            | my.Capability.CLIENT_SECURE_CONNECTION
-            | my.Capability.CLIENT_PLUGIN_AUTH
-            | my.Capability.CLIENT_TRANSACTIONS
-        )
-        answer = scramble_caching_sha2(gw.passwords[user], hello.scramble)
-        payload = my.make_handshake_response41(caps, user, answer, SOURCE, "caching_sha2_password")
-        wire, _ = my.make_packets(payload, my.next_seq(seq))
-        if byte_by_byte:
-            for i in range(len(wire)):
-                self.sock.sendall(wire[i : i + 1])
-                time.sleep(0.002)
-        else:
-            self.sock.sendall(wire)
-        _, reply = self.must_read()
-        if reply[:1] == b"\x01":  # caching_sha2 fast-auth success
-            assert reply == b"\x01\x03", reply
-            _, reply = self.must_read()
-        assert reply[:1] == b"\x00", f"login failed: {reply!r}"
-
-    def query_one(self, sql: bytes) -> list[bytes]:
-        """COM_QUERY returning the raw payloads up to the final EOF/OK/ERR."""
-        self.sock.sendall(my.make_packets(b"\x03" + sql, 0)[0])
-        out = [self.must_read()[1]]
-        if out[0][:1] in (b"\x00", b"\xff"):
-            return out
-        eofs = 0
-        while eofs < 2:
-            payload = self.must_read()[1]
-            out.append(payload)
-            if payload[:1] == b"\xff":
-                break
-            if payload[:1] == b"\xfe" and len(payload) < 9:
-                eofs += 1
-        return out
-
-    def ends(self, timeout: float) -> bool:
-        """True when the server closes the connection within `timeout` (ERR packets allowed)."""
-        self.sock.settimeout(timeout)
-        try:
-            while True:
-                got = self.read()
-                if got is None:
-                    return True
-        except TimeoutError:
-            return False
 
 
 @pytest.fixture

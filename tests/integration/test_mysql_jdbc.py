@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
 from proxy.mysql import protocol as my
 from tests.support.localdb import MariaDBServer, log_tail
-from tests.support.myfront import ITEMS, SOURCE, Gateway, running_gateway, setup_items
+from tests.support.myfront import ITEMS, SOURCE, Gateway, add_tiny_source, running_gateway, setup_items
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,8 @@ MODE_CHECKS = {
 # UPDATEs of the batch (every COM_STMT_EXECUTE is its own statement), the UPDATE in the transaction.
 HELD_PER_PROPOSE_RUN = 5
 HELD_UPDATE = "UPDATE items SET name = ? WHERE id = ?"
+TINY = "tiny_my"  # a pool of one upstream connection
+QUICK_CHECKS = ["connect", "quick.text_rows", "quick.prepared_rows", "quick.thread", "close"]
 
 
 @dataclass
@@ -111,6 +114,7 @@ def probe_classpath(tmp_path_factory: pytest.TempPathFactory) -> str:
 def gateway(mariadb_server: MariaDBServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     setup_items(mariadb_server)
     with running_gateway(mariadb_server, tmp_path_factory.mktemp("qb-myjdbc") / "home") as gw:
+        add_tiny_source(gw.config, mariadb_server, TINY)
         yield gw
 
 
@@ -193,3 +197,30 @@ def test_connector_j_read_user(probe_classpath: str, gateway: Gateway) -> None:
     # text: C/J falls back to a client-side prepared statement when the server-side prepare fails.
     assert len(denied) == 3, run.log
     assert {e["user"] for e in denied} == {"carol"}
+
+
+def test_connector_j_and_pymysql_share_a_pool(probe_classpath: str, gateway: Gateway) -> None:
+    """C/J negotiates CLIENT_DEPRECATE_EOF, PyMySQL does not; on a pool of one connection they
+    take turns, and each reads its rows (C/J fails on an EOF it did not ask for, PyMySQL on a
+    0xFE OK). The upstream connection is not shared between the two kinds (keyed pool)."""
+
+    def pymysql_thread() -> int:
+        conn = pymysql.connect(**gateway.connect_args("carol", TINY), ssl_disabled=True)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT id, name FROM items ORDER BY id")
+            assert list(cur.fetchall()) == ITEMS
+            cur.execute("SELECT CONNECTION_ID()")
+            return int(cur.fetchall()[0][0])
+
+    url = f"jdbc:mariadb://{gateway.host}:{gateway.port}/{TINY}?useServerPrepStmts=true&useSsl=false"
+    first = pymysql_thread()
+    threads = []
+    for _ in range(2):
+        run = run_probe(probe_classpath, gateway, url, "carol", "quick")
+        missing = [c for c in QUICK_CHECKS if f"OK {c}" not in run.lines("OK ")]
+        assert run.returncode == 0, run.output
+        assert not missing, run.output
+        threads.append(int(run.lines("THREAD ")[0].split()[1]))
+    assert threads[0] == threads[1]  # C/J after C/J: the pooled connection is reused
+    assert first not in threads
+    assert pymysql_thread() not in threads

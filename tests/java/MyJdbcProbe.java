@@ -10,7 +10,8 @@
 // QueryBase must hold (errno 9001, the change request's number in the message) or deny (1142).
 //
 // Usage: java -cp OUTDIR:/usr/share/java/mariadb-java-client.jar MyJdbcProbe URL USER PASSWORD MODE
-//   MODE is `propose` (writes held, errno 9001) or `read` (writes denied, errno 1142).
+//   MODE is `propose` (writes held, errno 9001), `read` (writes denied, errno 1142) or `quick`
+//   (a text and a prepared multi-row read, then `THREAD n` with the upstream's CONNECTION_ID()).
 //   The database must hold items(id int primary key, name varchar(50)) with rows 1..5.
 //
 // Output: one line per check, `OK name` or `FAIL name: message`, `INFO name: ...` for details
@@ -77,8 +78,8 @@ public final class MyJdbcProbe {
     }
 
     public static void main(String[] args) {
-        if (args.length != 4 || !(args[3].equals("propose") || args[3].equals("read"))) {
-            System.err.println("usage: MyJdbcProbe URL USER PASSWORD propose|read");
+        if (args.length != 4 || !List.of("propose", "read", "quick").contains(args[3])) {
+            System.err.println("usage: MyJdbcProbe URL USER PASSWORD propose|read|quick");
             System.exit(2);
         }
         MyJdbcProbe probe = new MyJdbcProbe(args[0], args[1], args[2], args[3]);
@@ -207,6 +208,11 @@ public final class MyJdbcProbe {
             System.out.println("FAIL connect: " + describe(t));
             return;
         }
+        if (mode.equals("quick")) {
+            quick(conn);
+            check("close", conn::close);
+            return;
+        }
         try {
             connectorJ(conn);
             dbeaver(conn);
@@ -224,6 +230,29 @@ public final class MyJdbcProbe {
             check("close", conn::close);
         }
         sessionReset();
+    }
+
+    /** Multi-row reads, text and binary, whose terminators must be what C/J negotiated. */
+    void quick(Connection conn) {
+        check("quick.text_rows", () -> {
+            List<String> names = column(conn, "SELECT name FROM " + TABLE + " ORDER BY id", 1);
+            expectEquals(List.of("apple", "banana", "cherry", "date", "elderberry"), names, "names");
+        });
+        check("quick.prepared_rows", () -> {
+            try (PreparedStatement ps = conn.prepareStatement(
+                     "SELECT id FROM " + TABLE + " WHERE id > ? ORDER BY id")) {
+                ps.setInt(1, 2);
+                List<Integer> ids = new ArrayList<>();
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        ids.add(rs.getInt(1));
+                    }
+                }
+                expectEquals(List.of(3, 4, 5), ids, "ids");
+            }
+        });
+        check("quick.thread", () ->
+            System.out.println("THREAD " + scalar(conn, "SELECT CONNECTION_ID()")));
     }
 
     /** MySQL Connector/J's connection-time statements (MY-6), replayed as text. */

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proxy.mysql import protocol as my
+from proxy.mysql.upstream import scramble_caching_sha2
 from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
 from tests.support.pgfront import cli, listen_port
 from tests.support.querybase import ServeProcess, init_home, start_serve
@@ -77,6 +81,20 @@ def provision(config: Path, server: MariaDBServer, users: Iterable[str] | None =
     for user, (group, _) in chosen.items():
         cli(config, "user", "add", user, "--password-env", f"PW_{user.upper()}", env=env)
         cli(config, "group", "member", "add", group, user)
+
+
+def add_tiny_source(config: Path, server: MariaDBServer, name: str = "tiny_my") -> None:
+    """A source `name` on qbtest with a pool of ONE read connection (2 s timeout), readable by
+    the `readers` group (carol): every session on it shares that one upstream connection."""
+    cli(
+        config,
+        *("source", "add", name, "--engine", "mysql", "--host", server.host),
+        *("--port", str(server.port), "--database", SCHEMA),
+        *("--user", "qb_reader", "--password-env", "READ_PW", "--tls", "disable"),
+        *("--pool-size", "1", "--pool-timeout", "2"),
+        env={"READ_PW": MARIADB_PASSWORDS["qb_reader"]},
+    )
+    cli(config, "grant", "readers", name, "read")
 
 
 def store_path(config: Path) -> Path:
@@ -156,3 +174,110 @@ def running_gateway(
     finally:
         if serve.stop() != 0:
             serve.kill()
+
+
+RAW_CAPABILITIES = (
+    my.Capability.CLIENT_LONG_PASSWORD
+    | my.Capability.CLIENT_PROTOCOL_41
+    | my.Capability.CLIENT_SECURE_CONNECTION
+    | my.Capability.CLIENT_PLUGIN_AUTH
+    | my.Capability.CLIENT_TRANSACTIONS
+)
+
+
+class RawMy:
+    """A blocking MySQL protocol client on a plain socket built on QueryBase's codec, for checking
+    exact packets; every read has a timeout."""
+
+    def __init__(self, gw: Gateway, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((gw.host, gw.port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = my.PacketReader()
+        self.hello: my.HandshakeV10 | None = None
+        self.capabilities = RAW_CAPABILITIES
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def read(self) -> tuple[int, bytes] | None:
+        """The next payload, or None at EOF."""
+        while True:
+            got = self.reader.next()
+            if got is not None:
+                return got
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.reader.feed(data)
+
+    def must_read(self) -> tuple[int, bytes]:
+        got = self.read()
+        assert got is not None, "the server closed the connection"
+        return got
+
+    def send(self, payload: bytes, seq: int = 0) -> None:
+        self.sock.sendall(my.make_packets(payload, seq)[0])
+
+    def login(
+        self,
+        gw: Gateway,
+        user: str,
+        *,
+        byte_by_byte: bool = False,
+        extra: int = 0,
+        database: str | None = SOURCE,
+    ) -> None:
+        seq, greeting = self.must_read()
+        hello = self.hello = my.parse_handshake_v10(greeting)
+        self.capabilities = RAW_CAPABILITIES | my.Capability(extra)
+        answer = scramble_caching_sha2(gw.passwords[user], hello.scramble)
+        payload = my.make_handshake_response41(
+            self.capabilities, user, answer, database, "caching_sha2_password"
+        )
+        wire, _ = my.make_packets(payload, my.next_seq(seq))
+        if byte_by_byte:
+            for i in range(len(wire)):
+                self.sock.sendall(wire[i : i + 1])
+                time.sleep(0.002)
+        else:
+            self.sock.sendall(wire)
+        _, reply = self.must_read()
+        if reply[:1] == b"\x01":  # caching_sha2 fast-auth success
+            assert reply == b"\x01\x03", reply
+            _, reply = self.must_read()
+        assert reply[:1] == b"\x00", f"login failed: {reply!r}"
+
+    def query_one(self, sql: bytes) -> list[bytes]:
+        """COM_QUERY returning the raw payloads of one result, up to its end (ERR, OK, or the
+        terminator after the rows: EOF, or OK with the 0xFE header under DEPRECATE_EOF)."""
+        self.send(b"\x03" + sql)
+        return self.read_result()
+
+    def read_result(self) -> list[bytes]:
+        out = [self.must_read()[1]]
+        if out[0][:1] in (b"\x00", b"\xff"):
+            return out
+        deprecate = bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
+        terminators = 0
+        while terminators < (1 if deprecate else 2):
+            payload = self.must_read()[1]
+            out.append(payload)
+            if payload[:1] == b"\xff":
+                break
+            if my.is_terminator(payload, deprecate):
+                terminators += 1
+        return out
+
+    def ends(self, timeout: float) -> bool:
+        """True when the server closes the connection within `timeout` (ERR packets allowed)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                got = self.read()
+                if got is None:
+                    return True
+        except TimeoutError:
+            return False
