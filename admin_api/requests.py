@@ -60,6 +60,8 @@ class ExecutionOut(BaseModel):
     mysql_errno: int | None
     error_message: str | None
     returning_rows: list[Any] | None
+    upstream_txid: str | None = Field(description="PostgreSQL txid; MySQL: the connection id that ran it")
+    upstream_xid: str | None = Field(description="MySQL XA transaction id")
 
 
 class RequestDetailOut(RequestOut):
