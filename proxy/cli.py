@@ -3,29 +3,41 @@
 Every command takes `--config`; list commands take `--json`; passwords come from
 `--password-stdin`, `--password-env VAR` or an interactive prompt, never from argv. Errors print
 one line `querybase: error: …` on stderr and exit 1 (usage errors exit 2, from argparse).
+
+`querybase requests …` acts as a named QueryBase user (`--as USER` or an API token) through
+`proxy.changes.ChangeService`, so it enforces the admin API's rules; its errors print
+`querybase: error: CODE: …` and exit per class (REQUEST_EXIT_CODES, docs/cli-requests.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import getpass
 import json
+import logging
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+from sqlalchemy import func, select
+
 from policies.types import Level
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
-from proxy.errors import InvalidInput, QueryBaseError, StoreError
+from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
+from proxy.store import requests as rq
 from proxy.store.catalog import PG_AUTH_METHODS, Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
 from proxy.store.db import Store
-from proxy.store.models import Engine, UpstreamTLS
+from proxy.store.models import AuditEvent, Decision, Engine, UpstreamTLS, utcnow
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_ENV = "QUERYBASE_ADMIN_PASSWORD"  # noqa: S105 - a variable name
@@ -427,6 +439,354 @@ async def cmd_audit_verify(ctx: Context, args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+# ---------------------------------------------------------------------------------- requests
+
+PASSWORD_ENV = "QUERYBASE_PASSWORD"  # noqa: S105 - a variable name
+TOKEN_ENV = "QUERYBASE_TOKEN"  # noqa: S105 - a variable name
+LOGIN_FAILED_KIND = "cli.login_failed"
+# Failed `--as` logins per user name in a sliding window, counted from the audit log because every
+# CLI run is a new process (the API's in-memory LoginLimiter allows the same per user).
+LOGIN_FAILURE_LIMIT = 5
+LOGIN_FAILURE_WINDOW = timedelta(seconds=60)
+NOTIFY_CLOSE_SECONDS = 3.0
+STATEMENT_COLUMN = 60
+
+# Exit codes of `querybase requests …` per error code (docs/cli-requests.md); others exit 1.
+REQUEST_EXIT_CODES = {
+    "no_identity": 2,
+    "unauthorized": 3,
+    "login_failed": 3,
+    "forbidden": 4,
+    "not_found": 5,
+    "state_conflict": 6,
+    "invalid": 7,
+}
+EXECUTION_FAILED_EXIT = 8  # approve: the approval landed, the execution failed (or ended unknown)
+
+
+class NoIdentity(QueryBaseError):
+    """`querybase requests` was not told who is acting."""
+
+    code = "no_identity"
+
+
+async def request_actor(ctx: Context, args: argparse.Namespace) -> rq.Actor:
+    """The QueryBase user acting: `--as USER` with a password, else an API token (`--token` or
+    $QUERYBASE_TOKEN). Failed password logins are audited and limited like the API's."""
+    from admin_api import tokens
+
+    if args.as_user:
+        password = _acting_password(args.as_user, ctx.environ)
+        await ctx.require_current_schema()
+        return await _password_actor(ctx, args.as_user, password)
+    token = args.token or ctx.environ.get(TOKEN_ENV)
+    if not token:
+        raise NoIdentity(
+            f"say who is acting: --as USER (password from ${PASSWORD_ENV} or a prompt), "
+            f"or --token TOKEN / ${TOKEN_ENV}"
+        )
+    await ctx.require_current_schema()
+    signing_key = tokens.derive_signing_key(load_key(ctx.settings, ctx.environ))
+    principal = await tokens.authenticate(ctx.store, signing_key, token)
+    return rq.Actor(principal.name, principal.is_admin)
+
+
+def _acting_password(user: str, environ: Mapping[str, str]) -> str:
+    if PASSWORD_ENV in environ:
+        return environ[PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise NoIdentity(f"no password for {user!r}: set ${PASSWORD_ENV} (stdin is not a terminal)")
+    return getpass.getpass(f"password for {user!r}: ")
+
+
+async def _password_actor(ctx: Context, user: str, password: str) -> rq.Actor:
+    from admin_api import tokens
+    from proxy.limits import LoginFailed
+
+    since = utcnow() - LOGIN_FAILURE_WINDOW
+    async with ctx.store.session() as session:
+        recent = await session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.kind == LOGIN_FAILED_KIND,
+                AuditEvent.actor == user,
+                AuditEvent.occurred_at >= since,
+            )
+        )
+    payload = {"os_user": _os_user()}
+    if (recent or 0) >= LOGIN_FAILURE_LIMIT:
+        await tokens.audit_event(
+            ctx.store, LOGIN_FAILED_KIND, actor=user, payload={**payload, "reason": "rate limited"}
+        )
+        window = LOGIN_FAILURE_WINDOW.total_seconds()
+        raise LoginFailed(f"too many failed logins for this user; try again in {window:g} seconds")
+    principal, reason = await tokens.check_password(ctx.store, user, password)
+    if principal is None:
+        await tokens.audit_event(
+            ctx.store, LOGIN_FAILED_KIND, actor=user, payload={**payload, "reason": reason}
+        )
+        raise Unauthorized("invalid user name or password")
+    return rq.Actor(principal.name, principal.is_admin)
+
+
+@contextlib.contextmanager
+def _warnings_only(err: TextIO) -> Iterator[None]:
+    # The executor and notifier log as structlog events; for a command, only warnings matter, and
+    # they go to stderr so stdout stays the command's output. The previous setup is restored.
+    saved = structlog.get_config() if structlog.is_configured() else None
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(err),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        if saved is None:
+            structlog.reset_defaults()
+        else:
+            structlog.configure(**saved)
+
+
+@contextlib.asynccontextmanager
+async def change_service(ctx: Context) -> AsyncIterator[Any]:
+    """A ChangeService whose executor runs in this process and whose events go out as webhooks."""
+    from proxy.changes import ChangeService
+    from proxy.executor import Executor
+    from proxy.notify import Notifier
+
+    with _warnings_only(ctx.err):
+        catalog = ctx.catalog(with_key=True)
+        notifier = Notifier(ctx.settings.notify, ctx.store)
+        await notifier.start()
+        try:
+            yield ChangeService(ctx.store, catalog, Executor(ctx.store, catalog, notifier))
+        finally:
+            await notifier.close(NOTIFY_CLOSE_SECONDS)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def print_request_json(ctx: Context, data: Any) -> None:
+    ctx.print(json.dumps(data, indent=2, sort_keys=True, default=_jsonable))
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+
+def _first_line(text: str, width: int = STATEMENT_COLUMN) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _param_value(encoded: str | None) -> str:
+    """A held parameter's value: NULL, the text when it is printable UTF-8, else base64."""
+    if encoded is None:
+        return "NULL"
+    raw = base64.b64decode(encoded)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"base64:{encoded}"
+    return repr(text) if text.isprintable() else f"base64:{encoded}"
+
+
+def _param_type(param: Mapping[str, Any]) -> str:
+    if "type_oid" in param:  # PostgreSQL Bind: type OID (0 = unspecified) and format code
+        return f"oid {param['type_oid']}, {'binary' if param.get('format') == 1 else 'text'}"
+    unsigned = " unsigned" if param.get("unsigned") else ""  # MySQL COM_STMT_EXECUTE
+    return f"type {param.get('type')}{unsigned}"
+
+
+def _rows_affected(ex: rq.ExecutionView) -> str:
+    affected = ex.rows_affected or {}
+    total = affected.get("total", 0)
+    tags = ", ".join(str(s.get("tag")) for s in affected.get("statements", []) if s.get("tag"))
+    rows = f"{total} row{'' if total == 1 else 's'} affected"
+    return f"{rows} ({tags})" if tags else rows
+
+
+def _error_text(ex: rq.ExecutionView) -> str:
+    codes = []
+    if ex.sqlstate:
+        codes.append(f"SQLSTATE {ex.sqlstate}")
+    if ex.mysql_errno is not None:
+        codes.append(f"errno {ex.mysql_errno}")
+    return ": ".join([*codes, ex.error_message or "no message"])
+
+
+async def cmd_requests_list(ctx: Context, args: argparse.Namespace) -> int:
+    actor = await request_actor(ctx, args)
+    views = await rq.list_requests(
+        ctx.store, actor, status=args.status, source=args.source, requester=args.requester, limit=args.limit
+    )
+    if args.json:
+        print_request_json(ctx, [asdict(v) for v in views])
+        return 0
+    print_table(
+        ctx,
+        ["id", "status", "source", "requester", "kind", "approvals", "created", "statement"],
+        [
+            (
+                v.id,
+                v.status,
+                v.source,
+                v.requester,
+                v.kind,
+                f"{v.approvals}/{v.approvals_required}",
+                _when(v.created_at),
+                _first_line(v.statement),
+            )
+            for v in views
+        ],
+    )
+    return 0
+
+
+async def cmd_requests_show(ctx: Context, args: argparse.Namespace) -> int:
+    actor = await request_actor(ctx, args)
+    view = await rq.get_request(ctx.store, actor, args.id)
+    if args.json:
+        print_request_json(ctx, asdict(view))
+        return 0
+    print_request(ctx, view)
+    return 0
+
+
+def print_request(ctx: Context, view: rq.RequestDetail) -> None:
+    def field(name: str, value: Any) -> None:
+        ctx.print(f"{name + ':':<16}{_cell(value)}")
+
+    field("request", view.id)
+    field("status", view.status)
+    field("source", f"{view.source} ({view.engine})")
+    field("requester", view.requester)
+    field("kind", view.kind)
+    field("approvals", f"{view.approvals}/{view.approvals_required}")
+    field("created", _when(view.created_at))
+    field("updated", _when(view.updated_at))
+    field("expires", _when(view.expires_at))
+    field("decided", _when(view.decided_at))
+    ctx.print("statement:")
+    for line in view.statement.splitlines():
+        ctx.print(f"  {line}")
+    if view.parameters:
+        ctx.print("parameters:")
+        for n, param in enumerate(view.parameters, 1):
+            ctx.print(f"  ${n}  {_param_type(param)}  {_param_value(param.get('value_b64'))}")
+    c = view.classification
+    tables = ",".join(c.get("tables") or []) or "-"
+    reason = f", {c['reason']}" if c.get("reason") else ""
+    ctx.print(
+        f"{'classification:':<16}{c.get('kind')}, tables {tables}, {c.get('statements')} statement(s){reason}"
+    )
+    if view.session_facts:
+        ctx.print("session:")
+        for key, value in sorted(view.session_facts.items()):
+            ctx.print(f"  {key}: {_cell(value)}")
+    if view.reviews:
+        ctx.print("reviews:")
+        for r in view.reviews:
+            comment = f"  {r.comment!r}" if r.comment else ""
+            ctx.print(f"  {_when(r.created_at)}  {r.reviewer}  {r.decision}{comment}")
+    ex = view.execution
+    if ex is None:
+        return
+    ctx.print("execution:")
+    ctx.print(f"  outcome:     {ex.outcome or '-'}")
+    ctx.print(f"  executor:    {ex.executor}")
+    ctx.print(f"  started:     {_when(ex.started_at)}")
+    ctx.print(f"  finished:    {_when(ex.finished_at)}")
+    if ex.duration_ms is not None:
+        ctx.print(f"  duration:    {ex.duration_ms:.1f} ms")
+    if ex.rows_affected is not None:
+        ctx.print(f"  affected:    {_rows_affected(ex)}")
+    if ex.sqlstate or ex.mysql_errno is not None or ex.error_message:
+        ctx.print(f"  error:       {_error_text(ex)}")
+    if ex.returning_rows:
+        ctx.print(f"  returning:   {len(ex.returning_rows)} row(s)")
+        for row in ex.returning_rows:
+            ctx.print(f"    {json.dumps(row, sort_keys=True, default=str)}")
+
+
+def outcome_line(view: rq.RequestDetail) -> tuple[str, int]:
+    """What an approval led to, as one line, and the exit code."""
+    head = f"change request {view.id}"
+    ex = view.execution
+    if view.status == "pending":
+        return f"{head}: approval recorded ({view.approvals}/{view.approvals_required}); still pending", 0
+    if view.status == "succeeded" and ex is not None:
+        return f"{head}: approved and executed: succeeded, {_rows_affected(ex)}", 0
+    if view.status == "failed" and ex is not None:
+        return f"{head}: approved, execution failed: {_error_text(ex)}", EXECUTION_FAILED_EXIT
+    if view.status == "unknown":
+        return f"{head}: approved, outcome unknown: check the database by hand", EXECUTION_FAILED_EXIT
+    # Another QueryBase process claimed it first (approved → executing there).
+    return (
+        f"{head}: approved; {view.status} in another QueryBase process "
+        f"(see `querybase requests show {view.id}`)",
+        0,
+    )
+
+
+async def cmd_requests_approve(ctx: Context, args: argparse.Namespace) -> int:
+    actor = await request_actor(ctx, args)
+    async with change_service(ctx) as changes:
+        view = await changes.review(actor, args.id, Decision.APPROVE, args.comment, wait=True)
+    line, code = outcome_line(view)
+    ctx.print(line)
+    if view.execution is not None and view.execution.returning_rows:
+        for row in view.execution.returning_rows:
+            ctx.print(f"  {json.dumps(row, sort_keys=True, default=str)}")
+    return code
+
+
+async def cmd_requests_reject(ctx: Context, args: argparse.Namespace) -> int:
+    actor = await request_actor(ctx, args)
+    async with change_service(ctx) as changes:
+        view = await changes.review(actor, args.id, Decision.REJECT, args.comment)
+    ctx.print(f"change request {view.id}: {view.status}")
+    return 0
+
+
+async def cmd_requests_cancel(ctx: Context, args: argparse.Namespace) -> int:
+    actor = await request_actor(ctx, args)
+    async with change_service(ctx) as changes:
+        view = await changes.cancel(actor, args.id, args.comment)
+    ctx.print(f"change request {view.id}: {view.status}")
+    return 0
+
+
+async def cmd_requests_submit(ctx: Context, args: argparse.Namespace) -> int:
+    script = args.sql if args.sql is not None else _read_script(args.file)
+    actor = await request_actor(ctx, args)
+    async with change_service(ctx) as changes:
+        view = await changes.submit(actor, args.source, script)
+    ctx.print(
+        f"change request {view.id} created on {view.source}: {view.status}, "
+        f"needs {view.approvals_required} approval(s)"
+    )
+    return 0
+
+
+def _read_script(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"--file: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--file: {path} is not UTF-8 text") from None
+
+
 # ------------------------------------------------------------------------------------ parser
 
 
@@ -536,6 +896,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     audits = group("audit", "inspect the audit log")
     add(audits, "verify", cmd_audit_verify, "check the audit hash chain", [as_json])
+
+    identity = argparse.ArgumentParser(add_help=False)
+    who = identity.add_mutually_exclusive_group()
+    who.add_argument(
+        "--as", dest="as_user", metavar="USER", help=f"act as USER (password: ${PASSWORD_ENV}, else a prompt)"
+    )
+    who.add_argument("--token", help=f"act with an API token (qbt_…); default ${TOKEN_ENV}")
+    change_requests = group("requests", "list, show, approve, reject, cancel and submit change requests")
+    acting = [identity]
+
+    def request_verb(name: str, handler: Handler, help_text: str, parents: Sequence[Any] = ()) -> Any:
+        sub = add(change_requests, name, handler, help_text, [*acting, *parents])
+        sub.set_defaults(exit_codes=REQUEST_EXIT_CODES)
+        return sub
+
+    sub = request_verb("list", cmd_requests_list, "list requests you may see, newest first", [as_json])
+    sub.add_argument("--status", help="pending, approved, executing, succeeded, failed, rejected, …")
+    sub.add_argument("--source")
+    sub.add_argument("--requester", metavar="USER")
+    sub.add_argument("--limit", type=int, default=50, help=f"at most N (default 50, max {rq.MAX_LIST})")
+    sub = request_verb("show", cmd_requests_show, "show one change request in full", [as_json])
+    sub.add_argument("id", type=int)
+    sub = request_verb("approve", cmd_requests_approve, "approve; the last approval runs it here")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--comment", default="")
+    sub = request_verb("reject", cmd_requests_reject, "reject, saying why")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--comment", required=True, help="why (required)")
+    sub = request_verb("cancel", cmd_requests_cancel, "withdraw your own pending request")
+    sub.add_argument("id", type=int)
+    sub.add_argument("--comment", default="")
+    sub = request_verb("submit", cmd_requests_submit, "propose a SQL script as one change request")
+    sub.add_argument("--source", required=True)
+    script = sub.add_mutually_exclusive_group(required=True)
+    script.add_argument("--file", metavar="PATH", help="read the script from PATH (- for stdin)")
+    script.add_argument("--sql", metavar="TEXT", help="the script itself")
     return parser
 
 
@@ -561,8 +957,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(config_path, environ)
         return _run(_invoke(args.handler, settings, environ, args))
     except QueryBaseError as exc:
-        print(f"querybase: error: {exc.message}", file=sys.stderr)
-        return 1
+        exit_codes: dict[str, int] | None = getattr(args, "exit_codes", None)
+        if exit_codes is None:
+            print(f"querybase: error: {exc.message}", file=sys.stderr)
+            return 1
+        print(f"querybase: error: {exc.code}: {exc.message}", file=sys.stderr)
+        return exit_codes.get(exc.code, 1)
     except KeyboardInterrupt:
         print("querybase: interrupted", file=sys.stderr)
         return 130
