@@ -218,16 +218,14 @@ def _approvals(row: ChangeRequest) -> int:
 async def _names(session: AsyncSession, rows: list[ChangeRequest]) -> tuple[dict[int, str], dict[int, Any]]:
     user_ids = {r.requester_id for r in rows} | {rv.reviewer_id for r in rows for rv in r.reviews}
     source_ids = {r.source_id for r in rows}
-    users = dict(
-        (await session.execute(select(User.id, User.name).where(User.id.in_(user_ids)))).tuples().all()
-    )
+    users = dict((await session.execute(select(User.id, User.name).where(User.id.in_(user_ids)))).all())
     sources = {
         sid: (name, engine)
         for sid, name, engine in (
             await session.execute(
                 select(Source.id, Source.name, Source.engine).where(Source.id.in_(source_ids))
             )
-        ).tuples()
+        ).all()
     }
     return users, sources
 
@@ -667,7 +665,7 @@ async def executing(store: Store) -> list[InFlight]:
                 ex.outcome,
                 as_utc(ex.started_at),
             )
-            for rid, name, kind, ex in rows.tuples()
+            for rid, name, kind, ex in rows.all()
         ]
 
 
@@ -676,4 +674,4 @@ async def status_counts(store: Store) -> dict[str, int]:
         rows = await session.execute(
             select(ChangeRequest.status, func.count()).group_by(ChangeRequest.status)
         )
-        return {status.value: count for status, count in rows.tuples()}
+        return {status.value: count for status, count in rows.all()}

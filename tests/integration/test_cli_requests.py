@@ -28,12 +28,7 @@ from tests.support.pgfront import PASSWORDS, SOURCE, provision, setup_items, sto
 from tests.support.querybase import init_home, run_cli_in_process
 from tests.support.webhook import WebhookReceiver
 
-pytestmark = [
-    pytest.mark.integration,
-    # proxy/store/requests.py still calls Result.tuples(), deprecated in SQLAlchemy 2.1; in-process
-    # the warning would fail these tests (the serve subprocess of the API tests never sees it).
-    pytest.mark.filterwarnings("ignore:The Result.tuples:sqlalchemy.exc.SADeprecationWarning"),
-]
+pytestmark = pytest.mark.integration
 
 USERS = ("alice", "bob", "carol", "erin")
 
