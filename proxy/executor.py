@@ -606,28 +606,30 @@ class Executor:
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
         except QueryBaseError as exc:
-            # Could not even reach the database: nothing ran (the transaction never began).
-            outcome = rq.Outcome(
-                RequestStatus.FAILED,
-                sqlstate=exc.sqlstate,
-                error_message=exc.message,
-                duration_ms=(time.perf_counter() - started) * 1000,
-            )
+            # The connection failed or broke. Whether anything was applied (a COMMIT may have been
+            # sent) is for the database to say, exactly as after a crash.
+            log.warning("execution_interrupted", request=request_id, error=exc.message)
+            self._running.discard(request_id)
+            resolved = await self.recover(only=request_id)
+            if resolved:
+                return resolved[0]
+            return await rq.request_view(self.store, request_id)  # still executing: the sweep retries
         view = await rq.finish(self.store, request_id, outcome)
         log.info("execution_finished", request=request_id, status=view.status, error=outcome.error_message)
         self.publish("executed" if view.status == "succeeded" else view.status, view)
         return view
 
-    async def recover(self) -> list[rq.RequestDetail]:
-        """Resolve every request left `executing` by a crash, from the database's own record."""
+    async def recover(self, only: int | None = None) -> list[rq.RequestDetail]:
+        """Resolve every request left `executing` by a crash (or by a connection that broke under
+        this process's own execution), from the database's own record."""
         done = []
         for item in await rq.executing(self.store):
-            if item.id in self._running:
+            if item.id in self._running or (only is not None and item.id != only):
                 continue
             try:
                 creds = await self.catalog.source_credentials(item.source)
                 target = upstream_target(creds, "write")
-                gone = executor_gone(item)
+                gone = item.executor == self.name or executor_gone(item)
                 if creds.view.engine == "postgresql":
                     outcome = await _pg_recover(item, target, gone)
                 else:

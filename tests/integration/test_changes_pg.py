@@ -366,3 +366,26 @@ async def _session_listed_then_terminated(gw: Gateway) -> None:
 
 def test_admin_lists_and_terminates_live_sessions(gateway: Gateway, items: None) -> None:
     asyncio.run(_session_listed_then_terminated(gateway))
+
+
+def test_execution_connection_killed_mid_statement_is_resolved_from_the_database(
+    gateway: Gateway, items: None
+) -> None:
+    request_id = hold_with_psql(
+        gateway, "alice", "UPDATE items SET name = name || pg_sleep(30)::text || '!' WHERE id = 1"
+    )
+    bob = api(gateway, "bob")
+    bob.ok("POST", f"/requests/{request_id}/approve")
+    deadline = time.monotonic() + 15
+    killed = ""
+    while time.monotonic() < deadline and killed.strip() != "t":
+        time.sleep(0.2)
+        killed = gateway.admin_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = 'querybase request {request_id}' AND state = 'active'"
+        )
+    assert killed.strip() == "t", "the executor's statement never showed up in pg_stat_activity"
+    final = bob.wait_final(request_id)
+    assert final["status"] == "failed", final
+    assert "rolled the transaction back" in final["execution"]["error_message"]
+    assert gateway.rows("SELECT name FROM items WHERE id = 1") == [["apple"]]
