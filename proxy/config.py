@@ -151,10 +151,15 @@ class LogSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
+class ServerSettings(_Section):
+    shutdown_timeout: float = Field(default=30.0, ge=0, le=3600)
+
+
 class Settings(_Section):
     """Everything QueryBase reads from its configuration; passed in, never global."""
 
     config_path: Path = Field(exclude=True)
+    server: ServerSettings
     store: StoreSettings
     secrets: SecretsSettings
     postgres: ListenerSettings
@@ -170,12 +175,13 @@ class Settings(_Section):
 
 
 _SQLITE = "sqlite+aiosqlite:///"
-SECTIONS = ("store", "secrets", "postgres", "mysql", "admin", "tls", "log", "notify")
+SECTIONS = ("server", "store", "secrets", "postgres", "mysql", "admin", "tls", "log", "notify")
 
 
 def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
     """The default value of every key, for a config file living in `base_dir`."""
     return {
+        "server": {"shutdown_timeout": 30.0},
         "store": {"url": "sqlite+aiosqlite:///querybase.db"},
         "secrets": {"key_file": "querybase.key"},
         "postgres": {"listen": "127.0.0.1:15432"},
@@ -279,6 +285,11 @@ DEFAULT_CONFIG_TEXT = """\
 # QueryBase configuration. Every key can be overridden by an environment variable
 # QUERYBASE_<SECTION>__<KEY>, e.g. QUERYBASE_POSTGRES__LISTEN=0.0.0.0:15432.
 # Relative paths are relative to this file's directory. See docs/configuration.md.
+
+[server]
+# On SIGTERM/SIGINT: stop accepting, let running statements finish for up to this many seconds,
+# then close every session (idle ones at once, with the protocol's shutdown error).
+shutdown_timeout = 30.0
 
 [store]
 # sqlite+aiosqlite:///PATH (embedded, default) or postgresql+asyncpg://USER:PASS@HOST/DB (shared)

@@ -306,8 +306,8 @@ def test_tls_mode_values(tmp_path: Path) -> None:
 
 
 def test_unknown_section(tmp_path: Path) -> None:
-    message = config_error(tmp_path, "[server]\nport = 1\n")
-    assert message.startswith("server: unknown section")
+    message = config_error(tmp_path, "[daemon]\nport = 1\n")
+    assert message.startswith("daemon: unknown section")
     assert "postgres" in message
     assert "store" in message
     assert str(tmp_path / "querybase.toml") in message
