@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: bootstrap system-packages venv demo test lint format clean bench-pg
+.PHONY: bootstrap system-packages venv demo test lint format clean bench-pg bench-mysql
 
 bootstrap: system-packages venv
 
@@ -55,6 +55,14 @@ bench-pg: bootstrap
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends pgbouncer; }
 	$(PY) benchmarks/bench_pg.py $(BENCH_ARGS)
+
+# sysbench oltp_point_select / oltp_read_only against direct MariaDB and QueryBase; see benchmarks/README.md.
+bench-mysql: bootstrap
+	@command -v sysbench >/dev/null || { \
+	  echo "installing sysbench"; SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends sysbench; }
+	$(PY) benchmarks/bench_mysql.py $(BENCH_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
