@@ -148,14 +148,18 @@ async def _run(
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        if pg_server is not None:
-            pg_server.close()
+        # Stop accepting, then let running statements finish (server.shutdown_timeout) while idle
+        # sessions are told at once that the server is going away.
+        for server in (pg_server, my_server):
+            if server is not None:
+                server.close()
+        grace = settings.server.shutdown_timeout
+        drains = []
         if pg_frontend is not None:
-            await pg_frontend.close()
-        if my_server is not None:
-            my_server.close()
+            drains.append(pg_frontend.drain(grace))
         if my_frontend is not None:
-            await my_frontend.close()
+            drains.append(my_frontend.drain(grace))
+        await asyncio.gather(*drains)
         if admin is not None and admin_task is not None:
             admin.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import re
 import secrets
@@ -107,6 +108,8 @@ class MySQLFrontend:
         self.sessions: dict[int, MySQLSession] = {}
         self.limiter = LoginLimiter()
         self._ids = itertools.count(1)
+        self.draining = False  # shutting down: sessions end once their running command is answered
+        self._emptied = asyncio.Event()
 
     def protocol(self) -> MySQLSession:
         return MySQLSession(self)
@@ -149,6 +152,22 @@ class MySQLFrontend:
             return conn
 
         return source_pool(self.pools, creds, role, connect)
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - the shutdown budget
+        """Graceful shutdown: end idle sessions now (ERR 1053) and the others as soon as their
+        running command has been answered, for up to `timeout` seconds; then close everything."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.end_if_idle()
+        if self.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+        await self.close()
+
+    def session_ended(self, connection_id: int) -> None:
+        self.sessions.pop(connection_id, None)
+        if self.draining and not self.sessions:
+            self._emptied.set()
 
     async def close(self) -> None:
         for session in list(self.sessions.values()):
@@ -257,7 +276,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.f.sessions.pop(self.connection_id, None)
+        self.f.session_ended(self.connection_id)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._login_task is not None and not self._login_task.done():
@@ -320,6 +339,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 self._statements[scanner.prepare_ok.statement_id] = prepared
                 self._last_prepared = scanner.prepare_ok.statement_id
             self._pending_prepare = None
+        if self.f.draining:
+            self.end_if_idle()
+            return
         self._process()
 
     def upstream_lost(self, exc: Exception | None) -> None:
@@ -330,6 +352,11 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             MySQLError(2013, "HY000", f"lost the connection to the upstream of source {self.source!r}"), 1
         )
         self.transport.close()
+
+    def end_if_idle(self) -> None:
+        """During a graceful shutdown: end the session unless a command is still running."""
+        if not self._ready or (self._in_flight is None and not self._busy):
+            self.shutdown()
 
     def shutdown(self) -> None:
         if self.transport is not None and not self._closed:

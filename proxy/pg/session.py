@@ -100,6 +100,8 @@ class PgFrontend:
         # held statements are stored directly and never waited for.
         self.changes: ChangeService | None = None
         self.registry: SessionRegistry | None = None  # live sessions for the admin API; `serve` sets it
+        self.draining = False  # shutting down: sessions end once their running statement is answered
+        self._emptied = asyncio.Event()
 
     def protocol(self) -> PgSession:
         return PgSession(self)
@@ -113,6 +115,22 @@ class PgFrontend:
             if key not in self.sessions:
                 self.sessions[key] = session
                 return key
+
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - the shutdown budget
+        """Graceful shutdown: end idle sessions now and the others as soon as their running
+        statement has been answered, for up to `timeout` seconds; then close everything."""
+        self.draining = True
+        for session in list(self.live):
+            session.end_if_idle()
+        if self.live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+        await self.close()
+
+    def session_ended(self, session: PgSession) -> None:
+        self.live.discard(session)
+        if self.draining and not self.live:
+            self._emptied.set()
 
     async def close(self) -> None:
         for session in list(self.live):
@@ -198,7 +216,7 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.f.live.discard(self)
+        self.f.session_ended(self)
         if self.entry is not None and self.f.registry is not None:
             self.f.registry.unregister(self.entry)
         if self.key is not None:
@@ -245,6 +263,8 @@ class PgSession(RelaySession, asyncio.Protocol):
                 self._drained.set_result(None)
         if data and self.transport is not None:
             self.transport.write(data)
+        if self.f.draining:
+            self.end_if_idle()
 
     def _edit_replies(self, data: bytes, ready: list[tuple[int, int]]) -> bytes:
         """Drop the replies QueryBase asked for itself: a ReadyForQuery, or a whole answer."""
@@ -287,6 +307,11 @@ class PgSession(RelaySession, asyncio.Protocol):
                 pgp.make_error("FATAL", "57P01", "terminating connection due to administrator command")
             )
             self.transport.close()
+
+    def end_if_idle(self) -> None:
+        """During a graceful shutdown: end the session unless a statement is still running."""
+        if not self._ready or (not self._pending and not self._busy):
+            self.shutdown()
 
     def shutdown(self) -> None:
         if self.transport is not None and not self._closed:
@@ -668,6 +693,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         finally:
             self._busy = False
             self._resume("refuse")
+        if self.f.draining:
+            self.end_if_idle()
+            return
         self._process()
 
     async def _wait_for_decision(self, request_id: int, extended: bool) -> bytes:
