@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := postgresql postgresql-contrib postgresql-client mariadb-server mariadb-client \
-	libpostgresql-jdbc-java default-jdk-headless
+	libpostgresql-jdbc-java libmariadb-java default-jdk-headless
 PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
