@@ -111,6 +111,8 @@ async def _run(
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
             my_frontend = MySQLFrontend(settings, store, catalog, tls)
+            my_frontend.changes = changes
+            my_frontend.registry = sessions
             await my_frontend.learn_server_version()
             my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
         if admin_sock is not None:

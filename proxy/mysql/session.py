@@ -26,7 +26,7 @@ import secrets
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -42,10 +42,14 @@ from proxy.mysql import protocol as my
 from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
 from proxy.pool import Pool
 from proxy.relay import Params, RelaySession, UpstreamTarget, source_pool
+from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
-from proxy.store.requests import HeldStatement, create_request
+from proxy.store.requests import Actor, HeldStatement, create_request
 from proxy.store.verifiers import verify_caching_sha2_scramble, verify_native_scramble
+
+if TYPE_CHECKING:
+    from proxy.changes import ChangeService
 
 log = structlog.get_logger("querybase.mysql")
 
@@ -109,6 +113,10 @@ class MySQLFrontend:
         self.limiter = LoginLimiter()
         self._ids = itertools.count(1)
         self.draining = False  # shutting down: sessions end once their running command is answered
+        # Set by `serve`: the change-request service (notifications, waiting mode) and the
+        # live-session registry of the admin API.
+        self.changes: ChangeService | None = None
+        self.registry: SessionRegistry | None = None
         self._emptied = asyncio.Event()
 
     def protocol(self) -> MySQLSession:
@@ -213,6 +221,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.on_tls = False
         self.log = log
         self._ready = False
+        self.hold_wait = 0
+        self.waiting: asyncio.Event | None = None  # set by KILL QUERY while waiting for a decision
+        self.entry: LiveSession | None = None
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -238,6 +249,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.connection_id = self.f.new_id(self)
         self.log = log.bind(client=self.peer, connection_id=self.connection_id)
+        if self.f.registry is not None:
+            self.entry = self.f.registry.register("mysql", self.peer, self.terminate_by_admin)
         self._login_task = asyncio.get_running_loop().create_task(self._login())
 
     # Bytes arrive through BufferedProtocol so that, before TLS, QueryBase reads exactly one packet
@@ -277,6 +290,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.f.session_ended(self.connection_id)
+        if self.entry is not None and self.f.registry is not None:
+            self.f.registry.unregister(self.entry)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._login_task is not None and not self._login_task.done():
@@ -352,6 +367,12 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             MySQLError(2013, "HY000", f"lost the connection to the upstream of source {self.source!r}"), 1
         )
         self.transport.close()
+
+    def terminate_by_admin(self) -> None:
+        if self.transport is not None and not self._closed:
+            self.log.info("terminated_by_admin")
+            self._send_err(MySQLError(1927, "70100", "Connection was killed by a QueryBase administrator"), 0)
+            self.transport.close()
 
     def end_if_idle(self) -> None:
         """During a graceful shutdown: end the session unless a command is still running."""
@@ -549,6 +570,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     def _become(self, user: str, creds: SourceCredentials, level: Level) -> None:
         self.user, self.source, self.level = user, creds.view.name, level
         self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.hold_wait = creds.view.hold_wait_seconds
+        if self.entry is not None:
+            self.entry.user, self.entry.source, self.entry.state = user, creds.view.name, IDLE
         self.allowed_schemas = creds.view.allowed_schemas
         self.log = self.log.bind(user=user, source=self.source)
 
@@ -877,6 +901,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
         if target is None or target.upstream is None:
             raise MySQLError(ER_NO_SUCH_THREAD, "HY000", f"Unknown thread id: {target_id}")
+        if what.upper() == "QUERY" and target.waiting is not None:
+            target.waiting.set()  # it waits for a change request: withdraw that instead
+            self._reply_ok()
+            return
         if what.upper() == "QUERY":
             self._busy = True
             self._spawn(self._finish_kill(target))
@@ -921,14 +949,15 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             "schema": self.upstream.schema if self.upstream is not None else "",
             "tls": self.on_tls,
         }
+        held = HeldStatement(sql, c, parameters, facts)
         try:
             try:
-                request_id = await create_request(
-                    self.f.store,
-                    user=self.user,
-                    source=self.source,
-                    held=HeldStatement(sql, c, parameters, facts),
-                )
+                if self.f.changes is not None:
+                    request_id = await self.f.changes.created(user=self.user, source=self.source, held=held)
+                else:
+                    request_id = await create_request(
+                        self.f.store, user=self.user, source=self.source, held=held
+                    )
             except Exception as exc:
                 self.log.exception("hold_failed")
                 self._send_err(
@@ -936,19 +965,73 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 )
             else:
                 self.log.info("statement_held", kind=c.kind.value, request=request_id)
-                self._send_err(
-                    MySQLError(
-                        ER_HELD,
-                        "HY000",
-                        f'write held for approval as change request #{request_id} on source "{self.source}"; '
-                        "it did not run and runs once, exactly as sent, when an approver approves it",
-                    ),
-                    1,
-                )
+                in_transaction = self._status() & my.ServerStatus.SERVER_STATUS_IN_TRANS
+                if self.hold_wait > 0 and self.f.changes is not None and not in_transaction:
+                    await self._wait_for_decision(request_id)
+                else:
+                    self._send_err(_held_error(request_id, self.source), 1)
         finally:
             self._busy = False
             self._resume("refuse")
+        if self.f.draining:
+            self.end_if_idle()
+            return
         self._process()
+
+    async def _wait_for_decision(self, request_id: int) -> None:
+        """Waiting mode: the client's command waits for the request to be decided and executed.
+        Success answers OK with the rows affected; anything else an ERR."""
+        changes = self.f.changes
+        assert changes is not None
+        cancelled = self.waiting = asyncio.Event()
+        if self.entry is not None:
+            self.entry.state = WAITING
+        waiter = asyncio.ensure_future(changes.executor.wait_final(request_id, self.hold_wait))
+        stop = asyncio.ensure_future(cancelled.wait())
+        try:
+            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.waiting = None
+            stop.cancel()
+            if self.entry is not None:
+                self.entry.state = IDLE
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(QueryBaseError):
+                await changes.cancel(Actor(self.user), request_id, "cancelled by KILL QUERY while waiting")
+            self.log.info("held_wait_cancelled", request=request_id)
+            self._send_err(
+                MySQLError(
+                    1317, "70100", f"Query execution was interrupted; change request #{request_id} cancelled"
+                ),
+                1,
+            )
+            return
+        view = waiter.result()
+        if view is None:
+            self._send_err(_held_error(request_id, self.source, f"still pending after {self.hold_wait}s"), 1)
+            return
+        ex = view.execution
+        if view.status == "succeeded" and self.transport is not None:
+            total = (ex.rows_affected or {}).get("total") if ex is not None else None
+            self.transport.write(
+                my.make_packets(my.make_ok(affected_rows=total or 0, status=self._status()), 1)[0]
+            )
+        elif view.status == "failed" and ex is not None:
+            message = f"change request #{request_id} was approved but failed: {ex.error_message}"
+            self._send_err(MySQLError(ex.mysql_errno or 1105, "HY000", message), 1)
+        else:
+            self._send_err(_held_error(request_id, self.source, f"it was {view.status}; it did not run"), 1)
+
+
+def _held_error(request_id: int, source: str, state: str = "") -> MySQLError:
+    return MySQLError(
+        ER_HELD,
+        "HY000",
+        f'write held for approval as change request #{request_id} on source "{source}"'
+        + (f" ({state})" if state else "")
+        + "; it did not run and runs once, exactly as sent, when an approver approves it",
+    )
 
 
 _HANDLERS: dict[my.Command, Callable[[MySQLSession, my.Command, bytes, bytes], None]] = {

@@ -7,8 +7,13 @@ write login with exactly the held parameters, and a real HTTP receiver gets the 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import pymysql
 import pytest
 
 from tests.integration.test_mysql_frontend import _mariadb_cli, connector
@@ -126,3 +131,100 @@ def test_submitted_script_runs_on_mysql(gateway: Gateway, items: None) -> None:
     assert final["status"] == "succeeded", final
     assert final["execution"]["rows_affected"]["total"] == 2
     assert gateway.count() == 4
+
+
+# ------------------------------------------------------------------------------ waiting mode
+
+
+@contextlib.contextmanager
+def hold_wait(gw: Gateway, seconds: int) -> Iterator[None]:
+    admin = Api.admin(gw.serve.admin_url)
+    admin.ok("PATCH", "/sources/shop_my", {"hold_wait_seconds": seconds})
+    try:
+        yield
+    finally:
+        admin.ok("PATCH", "/sources/shop_my", {"hold_wait_seconds": 0})
+
+
+def _decide_when_pending(gw: Gateway, decision: str, body: Any = None) -> threading.Thread:
+    approver = bob(gw)
+
+    def run() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pending = approver.ok("GET", "/requests", status="pending", source="shop_my")["items"]
+            if pending:
+                approver.ok("POST", f"/requests/{pending[0]['id']}/{decision}", body)
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_waiting_mode_pymysql_gets_the_rows_affected(gateway: Gateway, items: None) -> None:
+    with hold_wait(gateway, 20):
+        conn = pymysql.connect(**gateway.connect_args("alice"))
+        try:
+            thread = _decide_when_pending(gateway, "approve")
+            with conn.cursor() as cur:
+                affected = cur.execute("UPDATE items SET name = 'waited' WHERE id <= 3")
+            thread.join(5)
+            assert affected == 3
+            with conn.cursor() as cur:  # the session goes on
+                cur.execute("SELECT count(*) FROM items WHERE name = 'waited'")
+                assert cur.fetchone() == (3,)
+        finally:
+            conn.close()
+
+
+def test_waiting_mode_rejection_and_kill_query(gateway: Gateway, items: None) -> None:
+    with hold_wait(gateway, 20):
+        conn = pymysql.connect(**gateway.connect_args("alice"))
+        try:
+            thread = _decide_when_pending(gateway, "reject", {"comment": "no"})
+            with pytest.raises(pymysql.err.MySQLError) as caught:
+                conn.cursor().execute("DELETE FROM items")
+            thread.join(5)
+            assert caught.value.args[0] == 9001
+            assert "rejected" in caught.value.args[1]
+            # KILL QUERY from a second connection of the same user withdraws the waiting request.
+            other = pymysql.connect(**gateway.connect_args("alice"))
+            connection_id = conn.thread_id()
+            result: list[BaseException] = []
+
+            def run() -> None:
+                try:
+                    conn.cursor().execute("DELETE FROM items WHERE id = 1")
+                except pymysql.err.MySQLError as exc:
+                    result.append(exc)
+
+            waiting = threading.Thread(target=run)
+            waiting.start()
+            time.sleep(1.0)
+            other.cursor().execute(f"KILL QUERY {connection_id}")
+            waiting.join(10)
+            other.close()
+            assert result, "the waiting statement did not end"
+            assert result[0].args[0] == 1317
+            request_id = held_id(result[0].args[1])
+            assert bob(gateway).ok("GET", f"/requests/{request_id}")["status"] == "cancelled"
+        finally:
+            conn.close()
+    assert gateway.count() == 5
+
+
+def test_admin_lists_and_terminates_mysql_sessions(gateway: Gateway, items: None) -> None:
+    conn = pymysql.connect(**gateway.connect_args("carol"))
+    try:
+        admin = Api.admin(gateway.serve.admin_url)
+        mine = [s for s in admin.ok("GET", "/sessions") if s["user"] == "carol" and s["protocol"] == "mysql"]
+        assert len(mine) == 1
+        assert mine[0]["source"] == "shop_my"
+        admin.ok("DELETE", f"/sessions/{mine[0]['id']}")
+        with pytest.raises(pymysql.err.MySQLError):
+            conn.cursor().execute("SELECT 1")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
