@@ -9,7 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 
-from admin_api import audit, auth, errors, grants, groups, requests, sessions, sources, users
+from admin_api import audit, auth, errors, grants, groups, metrics, requests, sessions, sources, users
 from admin_api.deps import ApiContext
 from proxy.errors import QueryBaseError
 
@@ -38,6 +38,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(metrics.router)  # GET /metrics, at the root like /healthz
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

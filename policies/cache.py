@@ -12,6 +12,8 @@ statement structure (statement types, relation and function names, clauses), so 
 computed for one text holds for every text in its class.
 
 Texts longer than `MAX_CACHED_TEXT` are classified every time, so the caches' memory stays bounded.
+The caches count their own hits and misses (`cache_info()`, `FingerprintLevel.hits/misses`) at no
+extra cost per statement; `proxy.metrics.sync()` copies them into Prometheus counters.
 To cache another dialect: `classify_mysql_cached = CachedClassifier(mysql.classify)`.
 """
 
@@ -70,6 +72,9 @@ class FingerprintLevel:
         self._maxsize = maxsize
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     @staticmethod
     def eligible(sql: str) -> bool:

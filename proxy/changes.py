@@ -4,6 +4,9 @@ It ties the store's state machine (`proxy.store.requests`) to the executor and n
 a created request notifies `created`; a review notifies `approved`/`rejected` and, when the last
 required approval lands, hands the request to the executor; cancelling notifies `cancelled`.
 The API and the CLI go through the same methods, so they enforce the same rules.
+A decision (the completing approval, or a rejection) is timed from the request's creation in
+`querybase_change_request_decision_seconds`; status transitions are counted where every event is
+published (`Executor.publish`).
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from policies import mysql as mysql_policy
 from policies import pg as pg_policy
 from policies.decide import decide
 from policies.types import Action, Kind, SourcePolicy
+from proxy import metrics
 from proxy.errors import Forbidden, InvalidInput
 from proxy.executor import Executor
 from proxy.store import requests as rq
 from proxy.store.catalog import Catalog
 from proxy.store.db import Store
-from proxy.store.models import Decision
+from proxy.store.models import Decision, utcnow
 
 MAX_SCRIPT = 1024 * 1024
 
@@ -44,6 +48,11 @@ class ChangeService:
         """Approve or reject. The approval that completes the count starts the execution: in the
         background (API), or awaited when `wait` (the CLI, which then prints the outcome)."""
         view = await rq.review(self.store, actor, request_id, decision, comment)
+        if view.status in ("approved", "rejected"):
+            decided = view.decided_at or utcnow()
+            metrics.CHANGE_REQUEST_DECISION.labels(view.source, view.status).observe(
+                max((decided - view.created_at).total_seconds(), 0.0)
+            )
         if view.status == "rejected":
             self.executor.publish("rejected", view, actor=actor.name, comment=comment)
         elif view.status == "approved":

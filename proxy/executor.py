@@ -22,6 +22,10 @@ the xid in `XA RECOVER` and commits it when it is there (it was prepared, so the
 completely), otherwise reads the recorded phase. Only when the database cannot tell (MySQL DDL,
 which cannot run inside XA; a txid PostgreSQL no longer knows) does the request become `unknown`.
 
+Metrics: every published event counts the request's new status in `querybase_change_requests_total`
+(claims count `executing`), executions count by outcome, and the background sweep also runs
+`proxy.metrics.sync()` so this process's figures stay current in multiprocess mode.
+
 `QUERYBASE_TEST_FAULT=<point>` (tests only) kills the process with SIGKILL at a named point
 between claim and final record, so the crash tests can prove all of the above.
 """
@@ -42,6 +46,7 @@ from typing import Any, Protocol
 import structlog
 
 from policies.types import Kind
+from proxy import metrics
 from proxy.errors import QueryBaseError
 from proxy.mysql import protocol as my
 from proxy.mysql.upstream import UpstreamConnection as MyUpstream
@@ -529,6 +534,7 @@ class Executor:
     def publish(
         self, event: str, view: rq.RequestDetail, actor: str | None = None, comment: str | None = None
     ) -> None:
+        metrics.CHANGE_REQUESTS.labels(view.source, view.status).inc()
         if self.publisher is not None:
             self.publisher.publish(event, event_payload(view, actor, comment))
         if view.status in {s.value for s in rq.FINAL}:
@@ -573,6 +579,7 @@ class Executor:
         claimed = await rq.claim(self.store, request_id, self.name)
         if claimed is None:
             return None
+        metrics.CHANGE_REQUESTS.labels(claimed.source, RequestStatus.EXECUTING.value).inc()
         self._running.add(request_id)
         try:
             return await self._execute(claimed)
@@ -615,6 +622,8 @@ class Executor:
                 return resolved[0]
             return await rq.request_view(self.store, request_id)  # still executing: the sweep retries
         view = await rq.finish(self.store, request_id, outcome)
+        metrics.EXECUTIONS.labels(claimed.source, view.status, "no").inc()
+        metrics.EXECUTION_DURATION.labels(claimed.source).observe(time.perf_counter() - started)
         log.info("execution_finished", request=request_id, status=view.status, error=outcome.error_message)
         self.publish("executed" if view.status == "succeeded" else view.status, view)
         return view
@@ -641,6 +650,7 @@ class Executor:
                 log.warning("recovery_deferred", request=item.id, error=exc.message)
                 continue  # the database is unreachable now; try again at the next sweep
             view = await rq.finish(self.store, item.id, outcome)
+            metrics.EXECUTIONS.labels(item.source, view.status, "yes").inc()
             log.warning("execution_recovered", request=item.id, status=view.status, executor=item.executor)
             self.publish("executed" if view.status == "succeeded" else view.status, view)
             done.append(view)
@@ -667,6 +677,7 @@ class Executor:
                     await self.sweep()
                 except Exception:
                     log.exception("sweep_failed")
+                metrics.sync()
                 await asyncio.sleep(interval)
 
         self._sweeper = asyncio.get_running_loop().create_task(loop())

@@ -1,10 +1,16 @@
-"""Failed-login limits shared by both protocols: per user and per client address, sliding window."""
+"""Failed-login limits for both protocols and the admin API: per user and per client address, sliding window.
+
+The limiter is also where failed logins are counted (`querybase_login_failures_total`): each
+`failure()` with its reason, and each refusal by `check()` as `rate_limited`, under the protocol
+the limiter serves ("postgresql", "mysql", or "api" for POST /api/v1/auth/token).
+"""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 
+from proxy import metrics
 from proxy.errors import QueryBaseError
 
 
@@ -14,13 +20,21 @@ class LoginFailed(QueryBaseError):
     code = "login_failed"
 
 
+class LoginRateLimited(LoginFailed):
+    """Too many recent failures for this user or client address: refused before any password check."""
+
+
 class LoginLimiter:
     """Failed logins per user and per client address in a sliding window; past the limit, refuse."""
 
-    def __init__(self, per_user: int = 5, per_address: int = 20, window: float = 60.0) -> None:
+    def __init__(
+        self, per_user: int = 5, per_address: int = 20, window: float = 60.0, *, protocol: str = "api"
+    ) -> None:
         self._limits = {"user": per_user, "address": per_address}
         self._window = window
         self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._rate_limited = metrics.LOGIN_FAILURES.labels(protocol, "rate_limited")
+        self.protocol = protocol
 
     def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
         times = self._failures.setdefault(key, deque())
@@ -32,11 +46,14 @@ class LoginLimiter:
         now = time.monotonic()
         for kind, value in (("user", user), ("address", address)):
             if len(self._recent((kind, value), now)) >= self._limits[kind]:
-                raise LoginFailed(
+                self._rate_limited.inc()
+                raise LoginRateLimited(
                     f"too many failed logins for this {kind}; try again in {self._window:g} seconds"
                 )
 
-    def failure(self, user: str, address: str) -> None:
+    def failure(self, user: str, address: str, reason: str = "wrong_password") -> None:
+        """Record a failed password check; `reason` is wrong_password or unknown_user."""
+        metrics.LOGIN_FAILURES.labels(self.protocol, reason).inc()
         now = time.monotonic()
         for key in (("user", user), ("address", address)):
             self._recent(key, now).append(now)

@@ -12,6 +12,9 @@ retried with exponential backoff (429's `Retry-After` honoured when it is a smal
 seconds); any other status fails at once. Every attempt becomes a `NotificationDelivery` row when
 a store is given; failing to record is logged, never raised.
 
+Every attempt is also counted in `querybase_notification_deliveries_total{target, outcome}`
+(delivered, retrying, failed; `dropped` for events pushed out of a full queue).
+
 Webhook URLs carry secrets (Slack and Google Chat put the credential in the path), so logs and
 recorded errors name the target, never its URL.
 """
@@ -33,6 +36,7 @@ from typing import Any
 import httpx
 import structlog
 
+from proxy import metrics
 from proxy.config import NotifySettings, WebhookTarget
 from proxy.store.db import Store
 from proxy.store.models import NotificationDelivery
@@ -188,6 +192,7 @@ class Notifier:
                 oldest = lane.queue.get_nowait()
                 lane.queue.task_done()
                 lane.dropped += 1
+                metrics.NOTIFICATIONS.labels(lane.target.name, "dropped").inc()
                 log.warning(
                     "notify.queue_full_dropped_oldest",
                     target=lane.target.name,
@@ -226,6 +231,8 @@ class Notifier:
                     request_id=job.request_id,
                     notify_event=job.event,
                 )
+            for lane, _, _ in leftover:
+                metrics.NOTIFICATIONS.labels(lane.target.name, FAILED).inc()
             if leftover:
                 rows = [
                     _row(lane, job, n, FAILED, None, "not delivered: notifier closed")
@@ -358,6 +365,7 @@ class Notifier:
     async def _record(
         self, lane: _Lane, job: _Job, attempt: int, outcome: str, status: int | None, error: str | None
     ) -> None:
+        metrics.NOTIFICATIONS.labels(lane.target.name, outcome).inc()
         await self._record_many([_row(lane, job, attempt, outcome, status, error)])
 
     async def _record_many(self, rows: list[NotificationDelivery]) -> None:
