@@ -144,6 +144,9 @@ class TLSSettings(_Section):
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console", "auto"] = "auto"
+    # The share of forwarded reads that get a `statement` log line (holds, denials, writes and
+    # errors are always logged): 1.0 logs every read, 0.01 one in a hundred, 0 none.
+    read_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
     @field_validator("level", "format", mode="before")
     @classmethod
@@ -188,7 +191,7 @@ def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
         "mysql": {"listen": "127.0.0.1:13306"},
         "admin": {"listen": "127.0.0.1:18080", "token_ttl_seconds": 900},
         "tls": {"mode": "allow", "cert_file": "tls/server.crt", "key_file": "tls/server.key"},
-        "log": {"level": "info", "format": "auto"},
+        "log": {"level": "info", "format": "auto", "read_sample_rate": 1.0},
         "notify": {
             "targets": [],
             "timeout_seconds": 5.0,
@@ -330,4 +333,5 @@ key_file = "tls/server.key"
 [log]
 level = "info"               # debug | info | warning | error
 format = "auto"              # json | console | auto (console on a terminal, else json)
+read_sample_rate = 1.0       # share of forwarded reads logged (0.0-1.0); holds, denials, writes always
 """
