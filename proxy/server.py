@@ -29,7 +29,9 @@ from proxy.executor import Executor
 from proxy.mysql.session import MySQLFrontend
 from proxy.notify import Notifier
 from proxy.pg.session import PgFrontend
+from proxy.pool import UpstreamConnectError
 from proxy.sessions import SessionRegistry
+from proxy.sourcecheck import Reachability
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
@@ -93,10 +95,15 @@ async def _run(
 
     listening = False
 
+    reachability = Reachability(catalog)
+
     async def readiness() -> None:
         await store.ping()
         if not listening:
             raise StoreError("the listeners are not up yet")
+        problem = await reachability.problem()
+        if problem is not None:
+            raise UpstreamConnectError(problem)
 
     try:
         # Bind every socket first, so a bad address stops startup before anything is served and

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiomysql
 import asyncpg
 import pymysql
 
-from proxy.store.catalog import SourceCredentials
+from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.tlsfiles import upstream_context
 
 CONNECT_TIMEOUT = 10.0
@@ -103,3 +104,41 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return f"errno {exc.args[0]}: {exc.args[1] if len(exc.args) > 1 else ''}".strip()
     return f"{type(exc).__name__}: {exc}"
+
+
+class Reachability:
+    """For /readyz: is at least one source's server accepting TCP connections? Cached briefly so a
+    probe every second costs at most one round of connects per `ttl`."""
+
+    def __init__(self, catalog: Catalog, ttl: float = 10.0, timeout: float = 2.0) -> None:
+        self.catalog, self.ttl, self.timeout = catalog, ttl, timeout
+        self._checked_at = float("-inf")
+        self._problem: str | None = None
+
+    async def problem(self) -> str | None:
+        """None when some source is reachable (or none is configured), else what failed."""
+        now = time.monotonic()
+        if now - self._checked_at < self.ttl:
+            return self._problem
+        sources = await self.catalog.list_sources()
+        self._problem = None
+        if sources:
+            results = await asyncio.gather(*(self._probe(v.host, v.port) for v in sources))
+            if not any(error is None for error in results):
+                self._problem = "no source is reachable: " + "; ".join(
+                    f"{v.name} ({v.host}:{v.port}: {error})"
+                    for v, error in zip(sources, results, strict=True)
+                )
+        self._checked_at = now
+        return self._problem
+
+    async def _probe(self, host: str, port: int) -> str | None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, writer = await asyncio.open_connection(host, port)
+        except TimeoutError:
+            return f"no answer within {self.timeout:g}s"
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        writer.close()
+        return None

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -103,3 +104,40 @@ def test_listeners_can_be_disabled(tmp_path: Path) -> None:
         assert process.wait(20) == 0
     assert ready is not None
     assert ready["admin"] is None
+
+
+def test_readyz_needs_a_reachable_source(tmp_path: Path) -> None:
+    config = init_home(tmp_path / "qb")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    added = run_cli(
+        config,
+        *("source", "add", "gone", "--engine", "postgresql", "--host", "127.0.0.1", "--port", str(dead_port)),
+        *("--database", "x", "--user", "x", "--no-password"),
+    )
+    assert added.returncode == 0, added.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "--config", str(config), "serve"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=base_env(),
+    )
+    try:
+        url = f"{admin_url(config)}/readyz"
+        answer: httpx.Response | None = None
+        for _ in range(200):
+            try:
+                answer = httpx.get(url, timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert answer is not None
+        assert answer.status_code == 503
+        body = answer.json()
+        assert body["code"] == "upstream_connect"
+        assert f"gone (127.0.0.1:{dead_port}" in body["message"]
+        assert httpx.get(f"{admin_url(config)}/healthz").status_code == 200  # alive, just not ready
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
