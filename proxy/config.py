@@ -135,6 +135,25 @@ class NotifySettings(_Section):
     queue_size: int = Field(default=1000, ge=1)
 
 
+class AuditSettings(_Section):
+    """The audit writer (docs/audit.md): what happens when the audit log cannot take events."""
+
+    on_failure: Literal["block", "allow"] = "block"
+    queue_size: int = Field(default=10_000, ge=1, le=10_000_000)
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    anchor_file: Path | None = None  # None: `<store file>.audit-anchor` on SQLite, none on PostgreSQL
+
+    @field_validator("on_failure", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("anchor_file", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class TLSSettings(_Section):
     mode: Literal["allow", "require", "disable"] = "allow"
     cert_file: Path
@@ -171,6 +190,7 @@ class Settings(_Section):
     tls: TLSSettings
     log: LogSettings
     notify: NotifySettings
+    audit: AuditSettings
 
     @property
     def base_dir(self) -> Path:
@@ -199,6 +219,7 @@ def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
             "backoff_seconds": 1.0,
             "queue_size": 1000,
         },
+        "audit": {"on_failure": "block", "queue_size": 10_000, "batch_size": 500, "anchor_file": ""},
     }
 
 
@@ -266,7 +287,12 @@ def build_settings(path: Path, raw: Mapping[str, Any], environ: Mapping[str, str
             raise ConfigError(f"{var}: no such setting {section}.{key}")
         merged[section][key] = value
         origin[(section, key)] = var
-    for section, key in (("secrets", "key_file"), ("tls", "cert_file"), ("tls", "key_file")):
+    for section, key in (
+        ("secrets", "key_file"),
+        ("tls", "cert_file"),
+        ("tls", "key_file"),
+        ("audit", "anchor_file"),
+    ):
         value = merged[section][key]
         if isinstance(value, str) and value:
             merged[section][key] = str((base_dir / Path(value).expanduser()).absolute())
@@ -324,6 +350,17 @@ timeout_seconds = 5.0        # per delivery attempt
 max_attempts = 5             # then the delivery is recorded as failed
 backoff_seconds = 1.0        # doubled after every failed attempt
 queue_size = 1000            # events waiting for delivery; beyond this the oldest are dropped (and logged)
+
+[audit]
+# Every login, statement verdict, catalog change, review and execution is a hash-chained event
+# in the store (docs/audit.md). Logins and verdicts are written in batches from a bounded queue.
+on_failure = "block"         # block | allow: may reads go on while the audit log cannot take events?
+                             # (writes, holds and approvals always stop)
+queue_size = 10000           # events waiting to be written; when full, the audit log counts as down
+batch_size = 500             # events per write transaction
+anchor_file = ""             # newest (id, hash) kept outside the store, so cutting the chain's end
+                             # is detected; "" = <store file>.audit-anchor for SQLite, none for
+                             # PostgreSQL (set a path on storage the database's admins cannot write)
 
 [tls]
 mode = "allow"               # allow | require | disable
