@@ -198,7 +198,7 @@ class Settings(_Section):
 
 
 _SQLITE = "sqlite+aiosqlite:///"
-SECTIONS = ("server", "store", "secrets", "postgres", "mysql", "admin", "tls", "log", "notify")
+SECTIONS = ("server", "store", "secrets", "postgres", "mysql", "admin", "tls", "log", "notify", "audit")
 
 
 def defaults(base_dir: Path) -> dict[str, dict[str, Any]]:
