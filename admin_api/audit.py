@@ -1,4 +1,4 @@
-"""Routes for the audit log (admin): list and filter events, verify the hash chain."""
+"""Routes for the audit log (admin): list and filter events, verify the hash chain and its anchor."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from proxy.store.models import AuditEvent
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 MAX_LIMIT = 1000
+EXTRA = "audit_writer"  # ApiContext.extras name of the process's proxy.audit.AuditWriter (serve sets it)
 
 
 class AuditEventOut(BaseModel):
@@ -41,6 +42,10 @@ class VerifyOut(BaseModel):
     first_bad_id: int | None
     problem: str | None
     description: str
+    head_id: int | None = Field(description="the newest event's id when the chain is intact")
+    anchor_file: str | None = Field(description="the anchor the chain's end was checked against")
+    anchored_id: int | None = Field(description="the event the anchor records")
+    note: str | None = Field(description="why the chain's end could not be checked, if it could not")
 
 
 def _utc(moment: datetime) -> datetime:
@@ -109,13 +114,18 @@ async def list_events(
 
 @router.get("/verify")
 async def verify_chain(ctx: Ctx, _admin: AdminUser) -> VerifyOut:
-    """Walk the whole hash chain and report the first event that does not fit."""
-    async with ctx.store.session() as session:
-        result = await audit.verify(session)
+    """Walk the whole hash chain, then check its end against the anchor file; report the first
+    event that does not fit (a modified, deleted, reordered or inserted one, or the first of the
+    newest events that were removed)."""
+    result = await audit.verify_store(ctx.store, ctx.settings)
     return VerifyOut(
         ok=result.ok,
         events=result.events,
         first_bad_id=result.first_bad_id,
         problem=result.problem,
         description=result.describe(),
+        head_id=result.head_id,
+        anchor_file=result.anchor_file,
+        anchored_id=result.anchored_id,
+        note=result.note,
     )

@@ -772,9 +772,8 @@ class AuditWriter:
         if task is not None and not task.done():
             if self._idle:
                 task.cancel()  # waiting for the queue: nothing in flight
-            try:
-                await asyncio.wait_for(asyncio.shield(task), CLOSE_GRACE)
-            except TimeoutError:
+            done, _ = await asyncio.wait({task}, timeout=CLOSE_GRACE)
+            if not done:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

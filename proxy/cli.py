@@ -31,6 +31,7 @@ import structlog
 from sqlalchemy import func, select
 
 from policies.types import Level
+from proxy import audit
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
 from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
 from proxy.store import requests as rq
@@ -42,6 +43,7 @@ from proxy.store.models import AuditEvent, Decision, Engine, UpstreamTLS, utcnow
 ADMIN_USER = "admin"
 ADMIN_PASSWORD_ENV = "QUERYBASE_ADMIN_PASSWORD"  # noqa: S105 - a variable name
 DEFAULT_PORTS = {Engine.POSTGRESQL: 5432, Engine.MYSQL: 3306}
+EXPORT_BATCH = 1000  # events per query of `audit export`: memory stays bounded whatever the log's size
 
 Handler = Callable[["Context", argparse.Namespace], Awaitable[int]]
 
@@ -55,6 +57,7 @@ class Context:
         self.out = out
         self.err = err
         self.store = Store(settings.store.url)
+        audit.configure_anchor(settings, self.store)  # catalog changes made here move the anchor
         self.actor = f"cli:{_os_user()}"
 
     def catalog(self, *, with_key: bool = False) -> Catalog:
@@ -427,16 +430,59 @@ async def cmd_grant_list(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_audit_verify(ctx: Context, args: argparse.Namespace) -> int:
-    from proxy import audit
-
     await ctx.require_current_schema()
-    async with ctx.store.session() as session:
-        result = await audit.verify(session)
+    result = await audit.verify_store(ctx.store, ctx.settings)
     if args.json:
         print_json(ctx, asdict(result))
     else:
         ctx.print(result.describe())
+    if result.ok and result.note:
+        print(f"querybase: warning: {result.note}", file=ctx.err)
     return 0 if result.ok else 1
+
+
+def parse_moment(option: str, value: str) -> datetime:
+    """An ISO 8601 date or date-time; without an offset it is UTC, like everything stored."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"{option}: {value!r} is not an ISO 8601 date or date-time") from None
+    return audit.as_utc(moment)
+
+
+async def cmd_audit_export(ctx: Context, args: argparse.Namespace) -> int:
+    since = parse_moment("--since", args.since) if args.since else None
+    until = parse_moment("--until", args.until) if args.until else None
+    await ctx.require_current_schema()
+    if args.output in (None, "-"):
+        count = await _export(ctx, ctx.out, since, until)
+    else:
+        # Written beside the target and renamed at the end: a failed export leaves no half file.
+        target = Path(args.output)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise InvalidInput(f"--output: cannot write {target}: {exc.strerror}") from None
+        try:  # blocking writes are fine here: one command, no event loop shared with anything
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
+                count = await _export(ctx, stream, since, until)
+                stream.flush()
+                os.fsync(stream.fileno())
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+    print(f"querybase: exported {count} audit events", file=ctx.err)
+    return 0
+
+
+async def _export(ctx: Context, stream: TextIO, since: datetime | None, until: datetime | None) -> int:
+    count = 0
+    async with ctx.store.session() as session:
+        async for event in audit.iter_events(session, EXPORT_BATCH, since=since, until=until):
+            stream.write(audit.export_line(event) + "\n")
+            count += 1
+    return count
 
 
 # ---------------------------------------------------------------------------------- requests
@@ -895,7 +941,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("level", choices=levels)
 
     audits = group("audit", "inspect the audit log")
-    add(audits, "verify", cmd_audit_verify, "check the audit hash chain", [as_json])
+    add(audits, "verify", cmd_audit_verify, "check the audit hash chain and its anchor", [as_json])
+    sub = add(audits, "export", cmd_audit_export, "write events as JSON Lines, oldest first")
+    sub.add_argument("--since", metavar="WHEN", help="events at or after WHEN (ISO 8601; no offset = UTC)")
+    sub.add_argument("--until", metavar="WHEN", help="events before WHEN (ISO 8601; no offset = UTC)")
+    sub.add_argument("--output", "-o", metavar="FILE", help="write to FILE (mode 0600) instead of stdout")
 
     identity = argparse.ArgumentParser(add_help=False)
     who = identity.add_mutually_exclusive_group()

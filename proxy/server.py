@@ -19,9 +19,11 @@ import structlog
 import uvicorn
 
 from admin_api.app import create_app
+from admin_api.audit import EXTRA as AUDIT_EXTRA
 from admin_api.deps import ApiContext
 from admin_api.requests import EXTRA as CHANGES_EXTRA
 from admin_api.tokens import derive_signing_key
+from proxy.audit import AuditWriter
 from proxy.changes import ChangeService
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
@@ -82,6 +84,10 @@ async def _run(
     notifier = Notifier(settings.notify, store)
     executor = Executor(store, catalog, notifier)
     changes = ChangeService(store, catalog, executor)
+    # Logins and statement verdicts reach the chain through this writer; the front ends hold it as
+    # `.audit` and refuse what must be recorded while it is not `healthy` (docs/audit.md).
+    audit_writer = AuditWriter.from_settings(settings, store)
+    await audit_writer.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -115,11 +121,13 @@ async def _run(
             pg_frontend = PgFrontend(settings, store, catalog, tls)
             pg_frontend.changes = changes
             pg_frontend.registry = sessions
+            setattr(pg_frontend, "audit", audit_writer)  # noqa: B010 - until the front end declares it
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
             my_frontend = MySQLFrontend(settings, store, catalog, tls)
             my_frontend.changes = changes
             my_frontend.registry = sessions
+            setattr(my_frontend, "audit", audit_writer)  # noqa: B010 - until the front end declares it
             await my_frontend.learn_server_version()
             my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
         if admin_sock is not None:
@@ -131,7 +139,7 @@ async def _run(
                 readiness=readiness,
                 sessions=sessions,
                 signing_key=signing_key,
-                extras={CHANGES_EXTRA: changes},
+                extras={CHANGES_EXTRA: changes, AUDIT_EXTRA: audit_writer},
             )
             config = uvicorn.Config(create_app(api), log_config=None, lifespan="off", access_log=False)
             admin = _EmbeddedUvicorn(config)
@@ -175,5 +183,6 @@ async def _run(
                 await asyncio.wait_for(admin_task, SHUTDOWN_TIMEOUT)
         await executor.close(SHUTDOWN_TIMEOUT)
         await notifier.close(SHUTDOWN_TIMEOUT)
+        await audit_writer.close(SHUTDOWN_TIMEOUT)  # after everything that records events
     log.info("stopped")
     return 0
