@@ -75,6 +75,7 @@ USERS = (
     DemoUser("bob", "bob-demo-pw", "approvers", "approve"),
     DemoUser("carol", "carol-demo-pw", "readers", "read"),
 )
+BOB_PASSWORD = next(u.password for u in USERS if u.name == "bob")
 LEVEL_MEANING = {
     "propose": "reads run, writes are held for approval",
     "approve": "reviews held writes",
@@ -363,16 +364,20 @@ def instructions(settings: Settings, demo_dir: Path, sources: Sequence[DemoSourc
     lines += [
         "",
         "  Try as alice: SELECT * FROM customers LIMIT 5;  then  UPDATE products SET price = 0;",
-        "  The UPDATE is held for approval (PostgreSQL: SQLSTATE QB001; MySQL: ERROR 9001).",
-        "  As carol it is denied (PostgreSQL 42501; MySQL 1142). Reviewing held requests",
-        "  arrives with the change-request issue.",
+        "  The UPDATE is held for approval (PostgreSQL: SQLSTATE QB001; MySQL: ERROR 9001) as",
+        "  change request #N. As carol it is denied (PostgreSQL 42501; MySQL 1142).",
+        "",
+        "Review it as bob (then it runs once, on the source's write login):",
+        f"  QUERYBASE_PASSWORD={BOB_PASSWORD} {qb} requests list --as bob",
+        f"  QUERYBASE_PASSWORD={BOB_PASSWORD} {qb} requests approve N --as bob",
         "",
     ]
     if admin is not None:
         host = f"[{admin.host}]" if ":" in admin.host else admin.host
         url = f"http://{host}:{admin.port}"
         lines += [
-            f"Admin API: {url}  (today: /healthz, /readyz and the OpenAPI page {url}/docs)",
+            f"Admin API: {url}  (OpenAPI page {url}/docs; POST /api/v1/auth/token for a token;",
+            f"  Prometheus metrics at {url}/metrics)",
             "",
         ]
     lines += [
