@@ -59,7 +59,7 @@ Deliberate choices
 
 Known gaps (fail closed or rely on the backstop): compound bodies (`CREATE PROCEDURE … BEGIN …; …;
 END`) are split at their inner `;` and come out unknown; a session in `NO_BACKSLASH_ESCAPES` mode
-lexes `'a\\'` differently from the classifier; MariaDB `SET STATEMENT … FOR …` is unknown.
+lexes `'a\\'` differently from the classifier.
 """
 
 from __future__ import annotations
@@ -489,13 +489,27 @@ def _set_item(item: exp.Expr, facts: _Facts) -> None:
         facts.note(Kind.SESSION, f"SET {name}")
 
 
+_SET_STATEMENT = re.compile(r"\s*SET\s+STATEMENT\s+(.+?)\s+FOR\s+(.+)", re.IGNORECASE | re.DOTALL)
+
+
 def _set(stmt: _Stmt, facts: _Facts) -> None:
     second = stmt.word(1)
     if second in {"ROLE", "PASSWORD"} or (second == "DEFAULT" and stmt.word(2) == "ROLE"):
         label = "SET DEFAULT ROLE" if second == "DEFAULT" else f"SET {second}"
         facts.note(Kind.PRIVILEGED, f"{label} changes who the session is")
         return
-    if second in {"STATEMENT", "RESOURCE"}:
+    if second == "STATEMENT":
+        # MariaDB: SET STATEMENT var=value[, ...] FOR stmt — the stricter of the assignments (as a
+        # session SET) and the inner statement. A FOR inside a value splits wrongly and then fails
+        # to parse: unknown, so still closed.
+        found = _SET_STATEMENT.match(stmt.text)
+        if found is None:
+            facts.note(Kind.UNKNOWN, "SET STATEMENT without FOR")
+            return
+        facts.absorb(_statement_text(f"SET SESSION {found.group(1)}"))
+        facts.absorb(_statement_text(found.group(2)))
+        return
+    if second == "RESOURCE":
         facts.note(Kind.UNKNOWN, f"SET {second} is not classified")
         return
     sub = _Facts()

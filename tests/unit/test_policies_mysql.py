@@ -318,6 +318,11 @@ CASES = [
     case("set-password", "SET PASSWORD = 'x'", P),
     case("set-password-for", "SET PASSWORD FOR bob = 'x'", P),
     case("set-role", "SET ROLE ALL", P, reason="SET ROLE"),
+    # MariaDB SET STATEMENT … FOR: the stricter of the assignments and the inner statement.
+    case("set-statement-for-select", "SET STATEMENT max_statement_time=1 FOR SELECT 1", S),
+    case("set-statement-for-update", "SET STATEMENT max_statement_time=1 FOR UPDATE t SET a = 1", W),
+    case("set-statement-lifts-read-only", "SET STATEMENT transaction_read_only=0 FOR SELECT 1", P),
+    case("set-statement-log-bin", "SET STATEMENT sql_log_bin=0 FOR SELECT 1", P),
     case("set-default-role", "SET DEFAULT ROLE r TO bob", P),
     case("set-session-transaction-read-write", "SET SESSION TRANSACTION READ WRITE", P, reason="READ WRITE"),
     case("set-transaction-read-write", "SET TRANSACTION READ WRITE", P),
@@ -447,7 +452,8 @@ CASES = [
     case("pg-listen", "LISTEN x", U),
     case("nul-byte", "SELECT 1\x00; DELETE FROM t", U, reason="NUL"),
     case("compound-statement", "BEGIN NOT ATOMIC SELECT 1; END", U, statements=2),
-    case("set-statement-for", "SET STATEMENT max_statement_time=1 FOR SELECT 1", U),
+    case("set-statement-no-for", "SET STATEMENT max_statement_time=1", U),
+    case("set-statement-quoted-for", "SET STATEMENT x='a FOR b' FOR SELECT 1", U),
     # --- empty ---------------------------------------------------------------------------------------
     case("empty", "", R, statements=0, tables=()),
     case("blank", "  \n\t ", R, statements=0),
