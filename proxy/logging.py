@@ -82,7 +82,7 @@ class ReadSampler:
         if rate <= 0.0:
             return False
         self._credit += rate
-        if self._credit >= 1.0:
+        if self._credit >= 1.0 - 1e-9:  # tolerance: ten steps of 0.1 make 0.9999999999999999
             self._credit -= 1.0
             return True
         return False

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import Gauge as Gauge  # re-exported: sessions annotate their pre-bound children
 from prometheus_client import values as _values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -72,6 +73,7 @@ LOGIN_FAILURE_REASONS = (
     "tls_required",  # plaintext login where TLS is required
     "upstream",  # the source's upstream could not be reached or had no free connection
     "protocol",  # a malformed or unsupported login exchange, or a login timeout
+    "internal",  # a bug in QueryBase (logged as login_crashed)
 )
 NOTIFY_OUTCOMES = ("delivered", "retrying", "failed", "dropped")
 

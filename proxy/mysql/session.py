@@ -13,6 +13,12 @@ when the response is complete. COM_QUERY and COM_STMT_EXECUTE are decided by pol
 at COM_QUERY / COM_STMT_PREPARE); a held or denied command is answered with an ERR by QueryBase
 and never reaches the upstream. `KILL [QUERY] n` with a QueryBase connection id is translated to
 the upstream thread of that session (same QueryBase user only).
+
+Metrics and the statement log (proxy/metrics.py, docs/observability.md): a COM_QUERY or
+COM_STMT_EXECUTE (and a COM_STMT_PREPARE refused at once) is counted in a pre-bound counter when
+decided; its clock starts when its handling starts, and it is observed (and logged: reads,
+transaction and session statements sampled by `[log] read_sample_rate`) when its response
+ends (`_answered`), or when QueryBase has answered it with a denial or a hold.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import itertools
 import re
 import secrets
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -35,9 +42,11 @@ from policies.decide import decide_cached as decide
 from policies.decide import with_prepared_kind
 from policies.mysql import count_placeholders
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
+from proxy import metrics
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
+from proxy.logging import ReadSampler
 from proxy.mysql import protocol as my
 from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
 from proxy.pool import Pool
@@ -54,6 +63,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("querybase.mysql")
 
 LOGIN_TIMEOUT = 60.0
+PROTOCOL = "mysql"
+_ACCEPTED = metrics.CLIENT_CONNECTIONS_ACCEPTED.labels(PROTOCOL)
+_OPEN = metrics.CLIENT_CONNECTIONS_OPEN.labels(PROTOCOL)
+# Forwarded statements of these kinds are logged as sampled by `[log] read_sample_rate`.
+_SAMPLED_KINDS = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
 READ_SIZE = 256 * 1024
 MAX_BACKLOG = 4 * 1024 * 1024  # client bytes buffered while a command runs, before reading pauses
 DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
@@ -110,7 +124,7 @@ class MySQLFrontend:
         self.server_version = DEFAULT_SERVER_VERSION
         self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[int, MySQLSession] = {}
-        self.limiter = LoginLimiter()
+        self.limiter = LoginLimiter(protocol=PROTOCOL)
         self._ids = itertools.count(1)
         self.draining = False  # shutting down: sessions end once their running command is answered
         # Set by `serve`: the change-request service (notifications, waiting mode) and the
@@ -240,6 +254,12 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._read_buffer = bytearray()
         self._reply_seq = 2  # the sequence id an ERR during login must carry
         self._scramble = b""  # the greeting's: COM_CHANGE_USER answers are computed with it
+        # metrics and the statement log (see the module docstring)
+        self._m: metrics.StatementMetrics = metrics.statement_metrics(PROTOCOL, "")
+        self._session_open: metrics.Gauge | None = None  # this session's querybase_client_sessions_open
+        self._timed: tuple[float, Kind] | None = None  # the forwarded statement in flight
+        self._overhead_due = 1  # statements until the next overhead sample
+        self._sample_reads = ReadSampler(frontend.settings.log.read_sample_rate)
 
     # --------------------------------------------------------------------- transport events
 
@@ -248,7 +268,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.connection_id = self.f.new_id(self)
-        self.log = log.bind(client=self.peer, connection_id=self.connection_id)
+        self.log = log.bind(connection_id=self.connection_id, protocol=PROTOCOL, client=self.peer)
+        _ACCEPTED.inc()
+        _OPEN.inc()
         if self.f.registry is not None:
             self.entry = self.f.registry.register("mysql", self.peer, self.terminate_by_admin)
         self._login_task = asyncio.get_running_loop().create_task(self._login())
@@ -289,6 +311,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        _OPEN.dec()
+        if self._session_open is not None:
+            self._session_open.dec()
+            self._session_open = None
         self.f.session_ended(self.connection_id)
         if self.entry is not None and self.f.registry is not None:
             self.f.registry.unregister(self.entry)
@@ -327,6 +353,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if event is not my.ScanEvent.DONE:
             return
         command, self._in_flight = self._in_flight, None
+        timed = self._timed
+        if timed is not None:
+            self._timed = None
+            self._answered(timed, scanner.error)
         if self._hidden:
             self._hidden = False
             if scanner.error is not None:
@@ -419,12 +449,16 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         except ConnectionResetError:
             return
         except TimeoutError:
+            metrics.login_failed(PROTOCOL, "protocol")
             self._fatal(my.ProtocolViolation("login timed out"), self._reply_seq)
         except MySQLError as exc:
+            _count_login_failure(exc)
             self._fatal(exc, self._reply_seq)
         except QueryBaseError as exc:
+            _count_login_failure(exc)
             self._fatal(MySQLError(exc.mysql_errno, "HY000", exc.message), self._reply_seq)
         except Exception as exc:
+            metrics.login_failed(PROTOCOL, "internal")
             self.log.exception("login_crashed")
             self._fatal(
                 MySQLError(1105, "HY000", f"internal error during login: {type(exc).__name__}"),
@@ -505,7 +539,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         seq = my.next_seq(seq)
         self._reply_seq = seq
         if not ok:
-            self.f.limiter.failure(user, address)
+            self.f.limiter.failure(user, address, "wrong_password" if usable else "unknown_user")
             self.log.info(
                 "login_failed", user=user, reason="wrong password" if usable else "unknown or disabled user"
             )
@@ -576,6 +610,16 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.allowed_schemas = creds.view.allowed_schemas
         self.log = self.log.bind(user=user, source=self.source)
 
+    def _session_started(self) -> None:
+        """Logged in (or changed user) and attached to the source: count it, bind its metrics."""
+        self._m = metrics.statement_metrics(PROTOCOL, self.source)
+        tls = metrics.tls_label(self.on_tls)
+        metrics.CLIENT_SESSIONS.labels(PROTOCOL, self.source, tls).inc()
+        if self._session_open is not None:
+            self._session_open.dec()
+        self._session_open = metrics.CLIENT_SESSIONS_OPEN.labels(PROTOCOL, self.source, tls)
+        self._session_open.inc()
+
     async def _attach_source(self, seq: int) -> None:
         assert self.transport is not None
         creds, level = await self._grant(self.user, self.source)
@@ -588,6 +632,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.upstream = upstream
         self.transport.write(my.make_packets(my.make_ok(status=upstream.status), seq)[0])
         upstream.attach(self)
+        self._session_started()
         self._ready = True
         self._resume("login")
         self.log.info("connected", level=level.value, role=_role(level), tls=self.on_tls)
@@ -644,7 +689,38 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         assert self.level is not None
         return decide(c, self.level, self.policy)
 
+    def _count(self, verdict: Verdict) -> None:
+        self._m.counted[(verdict.kind, verdict.action)].inc()
+
+    def _forward_statement(self, command: my.Command, payload: bytes, t0: float, kind: Kind) -> None:
+        """Forward a decided statement and start its timing; every OVERHEAD_SAMPLE-th one is
+        also timed up to its write to the upstream."""
+        self._forward(command, payload)
+        self._timed = (t0, kind)
+        self._overhead_due -= 1
+        if not self._overhead_due:
+            self._overhead_due = metrics.OVERHEAD_SAMPLE
+            self._m.overhead.observe(time.perf_counter() - t0)
+
+    def _answered(self, timed: tuple[float, Kind], error: my.ErrPacket | None) -> None:
+        """A forwarded statement's response ended: observe it, log it (reads sampled)."""
+        t0, kind = timed
+        seconds = time.perf_counter() - t0
+        self._m.duration[Action.FORWARD].observe(seconds)
+        if error is not None:
+            self.log.info(
+                "statement",
+                kind=kind.value,
+                verdict="forward",
+                duration_ms=_ms(seconds),
+                errno=error.errno,
+                sqlstate=error.sqlstate,
+            )
+        elif kind not in _SAMPLED_KINDS or self._sample_reads():
+            self.log.info("statement", kind=kind.value, verdict="forward", duration_ms=_ms(seconds))
+
     def _on_query(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        t0 = time.perf_counter()
         sql = my.parse_query(body)
         kill = _KILL.match(sql)
         if kill is not None:
@@ -652,14 +728,16 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             return
         c = classify_mysql_cached(sql)
         verdict = self._decide(c)
+        self._count(verdict)
         if verdict.action is Action.FORWARD:
             if c.prepares is not None:
                 self._sql_prepared[c.prepares] = c.kind
-            self._forward(command, payload)
+            self._forward_statement(command, payload, t0, verdict.kind)
             return
-        self._refuse(verdict, sql, c, None)
+        self._refuse(verdict, sql, c, None, t0)
 
     def _on_prepare(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        t0 = time.perf_counter()
         sql = my.parse_stmt_prepare(body)
         c = classify_mysql_cached(sql)
         verdict = self._decide(c)
@@ -667,7 +745,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._pending_prepare = _Prepared(sql, c)
             self._forward(command, payload)
         elif verdict.action is Action.DENY:
-            self._refuse(verdict, sql, c, None)
+            self._count(verdict)  # refused at once: the client never gets to execute it
+            self._refuse(verdict, sql, c, None, t0)
         else:
             self._prepare_virtual(sql, c)
 
@@ -692,6 +771,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         return self.upstream.status if self.upstream is not None else my.ServerStatus.SERVER_STATUS_AUTOCOMMIT
 
     def _on_execute(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        t0 = time.perf_counter()
         statement_id = int.from_bytes(body[:4], "little") if len(body) >= 4 else -1
         if statement_id == my.MARIADB_LAST_PREPARED_STATEMENT:
             statement_id = self._last_prepared
@@ -704,6 +784,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 f"Unknown prepared statement handler ({statement_id}) given to mysqld_stmt_execute",
             )
         verdict = self._decide(prepared.classification)
+        self._count(verdict)
         if verdict.action is Action.FORWARD:
             if prepared.virtual:
                 # Prepared while the user could not write, executed now that they can: not upstream.
@@ -712,10 +793,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     "HY000",
                     "the statement was prepared while writes were held: prepare it again",
                 )
-            self._forward(command, payload)
+            self._forward_statement(command, payload, t0, verdict.kind)
             return
         parameters = self._held_parameters(prepared, body) if verdict.action is Action.HOLD else None
-        self._refuse(verdict, prepared.sql, prepared.classification, parameters)
+        self._refuse(verdict, prepared.sql, prepared.classification, parameters, t0)
 
     def _held_parameters(self, prepared: _Prepared, body: bytes) -> list[dict[str, Any]]:
         """The bound values of a held COM_STMT_EXECUTE, as binary-protocol wire bytes with their
@@ -816,12 +897,14 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     creds, level = await self._grant(request.user, request.database or "")
                     await self._switch_upstream(*self._upstream_for(creds, level))
             except MySQLError as exc:
+                _count_login_failure(exc)
                 self._send_err(exc, self._reply_seq)
                 return
             except (TimeoutError, ConnectionResetError):
                 self._fatal(my.ProtocolViolation("COM_CHANGE_USER did not complete"), self._reply_seq)
                 return
             except QueryBaseError as exc:  # no upstream for the new user (pool full, upstream down)
+                _count_login_failure(exc)
                 error = MySQLError(exc.mysql_errno, "HY000", exc.message)
                 if self.upstream is None:
                     self._fatal(error, self._reply_seq)  # the old one is gone too: cannot go on
@@ -832,6 +915,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 return
             previous = (self.user, self.source)
             self._become(request.user, creds, level)
+            self._session_started()
             self.log.info(
                 "user_changed", previous_user=previous[0], previous_source=previous[1], level=level.value
             )
@@ -926,10 +1010,23 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.transport.write(my.make_packets(my.make_ok(status=self._status()), 1)[0])
 
     def _refuse(
-        self, verdict: Verdict, sql: str, c: Classification, parameters: list[dict[str, Any]] | None
+        self,
+        verdict: Verdict,
+        sql: str,
+        c: Classification,
+        parameters: list[dict[str, Any]] | None,
+        t0: float,
     ) -> None:
         if verdict.action is Action.DENY:
-            self.log.info("statement_denied", kind=verdict.kind.value, reason=verdict.reason)
+            seconds = time.perf_counter() - t0
+            self._m.duration[Action.DENY].observe(seconds)
+            self.log.info(
+                "statement_denied",
+                kind=verdict.kind.value,
+                verdict="deny",
+                duration_ms=_ms(seconds),
+                reason=verdict.reason,
+            )
             errno = ER_SPECIFIC_ACCESS_DENIED if verdict.kind is Kind.PRIVILEGED else ER_TABLEACCESS_DENIED
             raise MySQLError(
                 errno,
@@ -939,9 +1036,11 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
         self._busy = True
         self._pause("refuse")
-        self._spawn(self._hold(sql, c, parameters))
+        self._spawn(self._hold(sql, c, parameters, t0))
 
-    async def _hold(self, sql: str, c: Classification, parameters: list[dict[str, Any]] | None) -> None:
+    async def _hold(
+        self, sql: str, c: Classification, parameters: list[dict[str, Any]] | None, t0: float
+    ) -> None:
         facts = {
             "protocol": "mysql",
             "client_addr": self.peer,
@@ -950,6 +1049,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             "tls": self.on_tls,
         }
         held = HeldStatement(sql, c, parameters, facts)
+        request_id: int | None = None
         try:
             try:
                 if self.f.changes is not None:
@@ -964,7 +1064,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     MySQLError(1105, "HY000", f"the write could not be held for approval: {exc}"), 1
                 )
             else:
-                self.log.info("statement_held", kind=c.kind.value, request=request_id)
                 in_transaction = self._status() & my.ServerStatus.SERVER_STATUS_IN_TRANS
                 if self.hold_wait > 0 and self.f.changes is not None and not in_transaction:
                     await self._wait_for_decision(request_id)
@@ -973,6 +1072,15 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         finally:
             self._busy = False
             self._resume("refuse")
+            seconds = time.perf_counter() - t0
+            self._m.duration[Action.HOLD].observe(seconds)
+            self.log.info(
+                "statement_held",
+                kind=c.kind.value,
+                verdict="hold",
+                duration_ms=_ms(seconds),
+                request=request_id,
+            )
         if self.f.draining:
             self.end_if_idle()
             return
@@ -1022,6 +1130,31 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._send_err(MySQLError(ex.mysql_errno or 1105, "HY000", message), 1)
         else:
             self._send_err(_held_error(request_id, self.source, f"it was {view.status}; it did not run"), 1)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def _count_login_failure(exc: QueryBaseError) -> None:
+    """Count a refused login or COM_CHANGE_USER by reason (password failures: the limiter does)."""
+    if isinstance(exc, MySQLError):
+        reason = _LOGIN_FAILURE_REASONS.get(exc.mysql_errno, "protocol")
+    elif isinstance(exc, my.ProtocolViolation):
+        reason = "protocol"
+    else:
+        reason = "upstream"  # no upstream connection: pool timeout or the upstream refused
+    if reason is not None:
+        metrics.login_failed(PROTOCOL, reason)
+
+
+_LOGIN_FAILURE_REASONS: dict[int, str | None] = {
+    ER_ACCESS_DENIED: None,  # wrong password, unknown user, rate limited: counted by the limiter
+    ER_BAD_DB: "unknown_source",
+    1046: "unknown_source",  # no database named and not exactly one reachable
+    ER_DBACCESS_DENIED: "no_grant",
+    ER_SECURE_TRANSPORT_REQUIRED: "tls_required",
+}
 
 
 def _held_error(request_id: int, source: str, state: str = "") -> MySQLError:

@@ -17,6 +17,13 @@ transaction, as PostgreSQL does on any error there):
   sends the error, and discards the client's messages until its Sync, which it answers itself —
   what PostgreSQL does after an error in a batch.
 Flow control both ways: when one side's write buffer is full, reading from the other side pauses.
+
+Metrics and the statement log (proxy/metrics.py, docs/observability.md). A statement's clock
+starts when the chunk holding it arrives (one clock read per chunk, and only if it holds a
+statement); `_decide` counts it in a pre-bound counter. A forwarded statement's timing rides in
+`_timing`, one entry per `_PASS` or `_DROP_Z` in `_pending`, and is observed (and logged: reads, transaction
+and session statements sampled by `[log] read_sample_rate`) when its ReadyForQuery passes; a
+refused one is observed and logged when its error has been written.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import base64
 import contextlib
 import secrets
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,13 +45,15 @@ from policies.cache import classify_pg_cached
 from policies.decide import decide_cached as decide
 from policies.decide import with_prepared_kind
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
+from proxy import metrics
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
+from proxy.logging import ReadSampler, connection_ids
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
 from proxy.pg.upstream import UpstreamConnection
-from proxy.pool import Pool
+from proxy.pool import Pool, PoolTimeout, UpstreamConnectError
 from proxy.relay import RelaySession, source_pool
 from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
@@ -57,6 +67,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("querybase.pg")
 
 LOGIN_TIMEOUT = 60.0
+PROTOCOL = "postgresql"
+_ACCEPTED = metrics.CLIENT_CONNECTIONS_ACCEPTED.labels(PROTOCOL)
+_OPEN = metrics.CLIENT_CONNECTIONS_OPEN.labels(PROTOCOL)
+# Forwarded statements of these kinds are logged as sampled by `[log] read_sample_rate`.
+_SAMPLED_KINDS = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
 _NOT_FORWARDED_PARAMS = frozenset({"user", "database", "replication"})
 
 
@@ -91,7 +106,7 @@ class PgFrontend:
         if tls is not None:
             der = ssl.PEM_cert_to_DER_cert(settings.tls.cert_file.read_text())
             self.cert_hash = tls_server_end_point(der)
-        self.limiter = LoginLimiter()
+        self.limiter = LoginLimiter(protocol=PROTOCOL)
         self.mock_secret = secrets.token_bytes(32)
         self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[tuple[int, bytes], PgSession] = {}
@@ -187,6 +202,16 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
+        # metrics and the statement log (see the module docstring)
+        self._m: metrics.StatementMetrics = metrics.statement_metrics(PROTOCOL, "")
+        self._session_open: metrics.Gauge | None = None  # this session's querybase_client_sessions_open
+        self._t0 = 0.0  # when the chunk being processed arrived (0: not read yet)
+        # One per _PASS or _DROP_Z in _pending: the forwarded statements that ReadyForQuery ends.
+        self._timing: deque[list[tuple[float, Kind]] | None] = deque()
+        self._batch: list[tuple[float, Kind]] = []  # Executes forwarded since the last Sync
+        self._overhead_due = 1  # statements until the next overhead sample
+        self._overhead_t0 = 0.0
+        self._sample_reads = ReadSampler(frontend.settings.log.read_sample_rate)
 
     # ------------------------------------------------------------------------ transport events
 
@@ -194,7 +219,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.log = log.bind(client=self.peer)
+        self.log = log.bind(connection_id=next(connection_ids), protocol=PROTOCOL, client=self.peer)
+        _ACCEPTED.inc()
+        _OPEN.inc()
         self.f.live.add(self)
         if self.f.registry is not None:
             self.entry = self.f.registry.register("postgresql", self.peer, self.terminate_by_admin)
@@ -207,6 +234,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._fatal(exc)
             return
         if self._ready:
+            self._t0 = 0.0
             self._process()
         elif self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -216,6 +244,10 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        _OPEN.dec()
+        if self._session_open is not None:
+            self._session_open.dec()
+            self._session_open = None
         self.f.session_ended(self)
         if self.entry is not None and self.f.registry is not None:
             self.f.registry.unregister(self.entry)
@@ -255,9 +287,12 @@ class PgSession(RelaySession, asyncio.Protocol):
             if ready or (self._pending and self._pending[0] == _DROP_ALL):
                 data = self._edit_replies(data, ready)
         elif ready:  # the common case: every reply goes to the client unchanged
-            pending = self._pending
+            pending, timing = self._pending, self._timing
             for _ in range(min(len(ready), len(pending))):
                 pending.popleft()
+                done = timing.popleft()
+                if done is not None:
+                    self._answered(done)
             self.status = bytes((ready[-1][1],))
             if not pending and self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
@@ -275,6 +310,10 @@ class PgSession(RelaySession, asyncio.Protocol):
             mode = self._pending.popleft() if self._pending else _PASS
             if mode != _PASS:
                 self._special -= 1
+            if mode != _DROP_ALL:
+                done = self._timing.popleft() if self._timing else None
+                if done is not None:
+                    self._answered(done)
             if mode == _PASS:
                 pieces.append(data[start : offset + 6])
             elif mode == _DROP_Z:
@@ -350,12 +389,31 @@ class PgSession(RelaySession, asyncio.Protocol):
         except ConnectionResetError:
             return
         except TimeoutError:
+            metrics.login_failed(PROTOCOL, "protocol")
             self._fatal(pgp.ProtocolViolation("login timed out"))
         except QueryBaseError as exc:
+            reason = self._login_failure_reason(exc)
+            if reason is not None:
+                metrics.login_failed(PROTOCOL, reason)
             self._fatal(exc)
         except Exception as exc:  # a bug must end this session only, with a clear line
+            metrics.login_failed(PROTOCOL, "internal")
             self.log.exception("login_crashed")
             self._fatal(QueryBaseError(f"internal error during login: {type(exc).__name__}"))
+
+    def _login_failure_reason(self, exc: QueryBaseError) -> str | None:
+        """The querybase_login_failures_total reason of a refused login (None: the limiter counted it)."""
+        if isinstance(exc, LoginFailed):
+            return None
+        if isinstance(exc, UnknownSource):
+            return "unknown_source"
+        if isinstance(exc, AccessDenied):
+            return "no_grant"
+        if isinstance(exc, TLSRequired):
+            return "tls_required" if self.user else "protocol"
+        if isinstance(exc, PoolTimeout | UpstreamConnectError):
+            return "upstream"
+        return "protocol"
 
     async def _negotiate(self) -> pgp.StartupMessage | None:
         assert self.transport is not None
@@ -440,7 +498,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             )
             ok = await self._scram_exchange(verifier)
         if not ok or not usable:
-            self.f.limiter.failure(user, address)
+            self.f.limiter.failure(user, address, "wrong_password" if usable else "unknown_user")
             self.log.info("login_failed", reason="wrong password" if usable else "unknown or disabled user")
             raise LoginFailed(f'password authentication failed for user "{user}"')
 
@@ -517,6 +575,11 @@ class PgSession(RelaySession, asyncio.Protocol):
         hello += pgp.make_ready_for_query(self.status)
         self.transport.write(hello)
         upstream.attach(self)
+        self._m = metrics.statement_metrics(PROTOCOL, self.source)
+        tls = metrics.tls_label(self.on_tls)
+        metrics.CLIENT_SESSIONS.labels(PROTOCOL, self.source, tls).inc()
+        self._session_open = metrics.CLIENT_SESSIONS_OPEN.labels(PROTOCOL, self.source, tls)
+        self._session_open.inc()
         self._ready = True
         if self.entry is not None:
             self.entry.user, self.entry.source, self.entry.state = self.user, self.source, IDLE
@@ -556,6 +619,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         if out and self.upstream is not None:
             self.upstream.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self._overhead_t0:
+                self._m.overhead.observe(time.perf_counter() - self._overhead_t0)
+                self._overhead_t0 = 0.0
 
     def _checked_encoding(self) -> str:
         if self._encoding.startswith("unsupported"):
@@ -568,9 +634,36 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _decide(self, c: Classification) -> Verdict:
         c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
-        return decide(c, self.level, self.policy)
+        verdict = decide(c, self.level, self.policy)
+        self._m.counted[(verdict.kind, verdict.action)].inc()
+        return verdict
+
+    def _arrival(self) -> float:
+        """When the chunk holding the current message arrived (the clock is read once per chunk)."""
+        t0 = self._t0
+        if not t0:
+            t0 = self._t0 = time.perf_counter()
+        return t0
+
+    def _forwarded(self, t0: float) -> None:
+        """A statement goes upstream: every OVERHEAD_SAMPLE-th one is timed to its write."""
+        self._overhead_due -= 1
+        if not self._overhead_due:
+            self._overhead_due = metrics.OVERHEAD_SAMPLE
+            self._overhead_t0 = t0
+
+    def _answered(self, done: list[tuple[float, Kind]]) -> None:
+        """The upstream's ReadyForQuery for forwarded statements passed to the client."""
+        now = time.perf_counter()
+        histogram = self._m.duration[Action.FORWARD]
+        for t0, kind in done:
+            seconds = now - t0
+            histogram.observe(seconds)
+            if kind not in _SAMPLED_KINDS or self._sample_reads():
+                self.log.info("statement", kind=kind.value, verdict="forward", duration_ms=_ms(seconds))
 
     def _on_query(self, raw: bytes) -> object:
+        t0 = self._arrival()
         sql = pgp.parse_query(raw[5:], self._checked_encoding())
         c = classify_pg_cached(sql)
         verdict = self._decide(c)
@@ -579,8 +672,10 @@ class PgSession(RelaySession, asyncio.Protocol):
                 self._sql_prepared[c.prepares] = c.kind
             self._forward(raw)
             self._pending.append(_PASS)
+            self._timing.append([(t0, verdict.kind)])
+            self._forwarded(t0)
             return None
-        self._refuse(verdict, HeldStatementDraft(sql, c, None, ()), extended=False)
+        self._refuse(verdict, HeldStatementDraft(sql, c, None, ()), extended=False, t0=t0)
         return _STOP
 
     def _on_parse(self, raw: bytes) -> object:
@@ -604,6 +699,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         return None
 
     def _on_execute(self, raw: bytes) -> object:
+        t0 = self._arrival()
         portal, _ = pgp.parse_execute(raw[5:], self._checked_encoding())
         bound = self._portals.get(portal)
         statement = self._statements.get(bound[0]) if bound is not None else None
@@ -617,13 +713,20 @@ class PgSession(RelaySession, asyncio.Protocol):
         verdict = self._decide(c)
         if verdict.action is Action.FORWARD:
             self._forward(raw)
+            self._batch.append((t0, verdict.kind))
+            self._forwarded(t0)
             return None
-        self._refuse(verdict, HeldStatementDraft(text, c, bind_raw, types), extended=True)
+        self._refuse(verdict, HeldStatementDraft(text, c, bind_raw, types), extended=True, t0=t0)
         return _STOP
 
     def _on_sync(self, raw: bytes) -> object:
         self._forward(raw)
         self._pending.append(_PASS)
+        if self._batch:
+            self._timing.append(self._batch)
+            self._batch = []
+        else:
+            self._timing.append(None)
         return None
 
     def _on_close(self, raw: bytes) -> object:
@@ -633,13 +736,15 @@ class PgSession(RelaySession, asyncio.Protocol):
         return None
 
     def _on_function_call(self, raw: bytes) -> object:
+        t0 = self._arrival()
         c = Classification(Kind.PRIVILEGED, reason="fast-path function call")
         verdict = self._decide(c)
         if verdict.action is Action.FORWARD:
             self._forward(raw)
             self._pending.append(_PASS)
+            self._timing.append([(t0, verdict.kind)])
             return None
-        self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False)
+        self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False, t0=t0)
         return _STOP
 
     def _on_forward(self, raw: bytes) -> object:
@@ -661,17 +766,23 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     # ---------------------------------------------------------------------- hold and deny
 
-    def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool) -> None:
+    def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool, t0: float) -> None:
         self._busy = True
         self._pause("refuse")
         if extended:
             self._out.append(pgp.SYNC)
             self._pending.append(_DROP_Z)
+            # The batch's Executes forwarded so far are answered by this Sync.
+            self._timing.append(self._batch or None)
+            self._batch = []
             self._special += 1
         self._flush()
-        self._spawn(self._finish_refusal(verdict, draft, extended))
+        self._spawn(self._finish_refusal(verdict, draft, extended, t0))
 
-    async def _finish_refusal(self, verdict: Verdict, draft: HeldStatementDraft, extended: bool) -> None:
+    async def _finish_refusal(
+        self, verdict: Verdict, draft: HeldStatementDraft, extended: bool, t0: float
+    ) -> None:
+        request_id: int | None = None
         try:
             error, request_id = await self._refusal_error(verdict, draft)
             await self._upstream_idle()
@@ -690,6 +801,7 @@ class PgSession(RelaySession, asyncio.Protocol):
                 self._discard = True
             else:
                 self.transport.write(error + pgp.make_ready_for_query(self.status))
+            self._refused(verdict, t0, request_id)
         finally:
             self._busy = False
             self._resume("refuse")
@@ -751,6 +863,20 @@ class PgSession(RelaySession, asyncio.Protocol):
             )
         return _held_error(request_id, self.source, f"it was {view.status}; it did not run")
 
+    def _refused(self, verdict: Verdict, t0: float, request_id: int | None) -> None:
+        """The one statement line of a denied or held statement, once the client has its answer."""
+        seconds = time.perf_counter() - t0
+        self._m.duration[verdict.action].observe(seconds)
+        kind = verdict.kind.value
+        if verdict.action is Action.DENY:
+            self.log.info(
+                "statement_denied", kind=kind, verdict="deny", duration_ms=_ms(seconds), reason=verdict.reason
+            )
+        else:
+            self.log.info(
+                "statement_held", kind=kind, verdict="hold", duration_ms=_ms(seconds), request=request_id
+            )
+
     async def _upstream_idle(self) -> None:
         """Wait until the upstream has answered everything sent to it."""
         if self._pending:
@@ -758,9 +884,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             await self._drained
 
     async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> tuple[bytes, int | None]:
-        kind = verdict.kind.value
         if verdict.action is Action.DENY:
-            self.log.info("statement_denied", kind=kind, reason=verdict.reason)
             denied = pgp.make_error(
                 "ERROR",
                 "42501",
@@ -798,8 +922,11 @@ class PgSession(RelaySession, asyncio.Protocol):
                 "ERROR", "58000", f"the write could not be held for approval: {type(exc).__name__}"
             )
             return failed, None
-        self.log.info("statement_held", kind=kind, request=request_id)
         return _held_error(request_id, self.source), request_id
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
 
 
 def _held_error(request_id: int, source: str, state: str = "") -> bytes:
