@@ -218,6 +218,21 @@ def test_refusals_have_the_right_status_and_code(gateway: Gateway, items: None) 
     assert mine in {r["id"] for r in bob.ok("GET", "/requests", status="rejected")["items"]}
 
 
+def test_expiry_by_the_sweeper_notifies(gateway: Gateway, items: None, receiver: WebhookReceiver) -> None:
+    request_id = hold_with_psql(gateway, "alice", "UPDATE items SET name = 'late' WHERE id = 1")
+    with contextlib.closing(sqlite3.connect(store_path(gateway.config))) as db, db:
+        db.execute(
+            "UPDATE change_requests SET expires_at = '2000-01-01 00:00:00' WHERE id = ?", (request_id,)
+        )
+    alice = api(gateway, "alice")
+    deadline = time.monotonic() + 15  # serve sweeps every 5 s
+    while alice.ok("GET", f"/requests/{request_id}")["status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alice.ok("GET", f"/requests/{request_id}")["status"] == "expired"
+    assert "expired" in receiver.wait_for(request_id, ["expired"])
+    assert gateway.rows("SELECT name FROM items WHERE id = 1") == [["apple"]]
+
+
 def test_two_approvals_required(gateway: Gateway, items: None) -> None:
     admin = api(gateway, "admin")
     admin.ok("PATCH", f"/sources/{SOURCE}", {"approvals_required": 2})
