@@ -111,24 +111,48 @@ class AdminSettings(ListenerSettings):
     token_ttl_seconds: int = Field(default=900, ge=60, le=7 * 24 * 3600)
 
 
+NOTIFY_EVENTS = ("created", "approved", "rejected", "cancelled", "executed", "failed", "expired", "unknown")
+
+
 class WebhookTarget(_Section):
-    """One notification destination: generic JSON, a Slack incoming webhook or a Google Chat webhook."""
+    """One notification destination: generic JSON, a Slack incoming webhook or a Google Chat webhook.
+
+    Webhook URLs carry secrets: give `url_env` (the name of an environment variable holding the
+    URL) instead of `url` to keep them out of the file; `build_settings` resolves it.
+    """
 
     name: str = Field(min_length=1, max_length=63)
     kind: Literal["json", "slack", "google_chat"] = "json"
-    url: str
+    url: str = Field(repr=False)
     events: list[str] | None = None  # None: every event
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+            raise ValueError("is not an http:// or https:// URL")  # the URL itself may be secret
         return url
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(events or ()) - set(NOTIFY_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown events {unknown} (known: {', '.join(NOTIFY_EVENTS)})")
+        return events
 
 
 class NotifySettings(_Section):
     targets: list[WebhookTarget] = Field(default_factory=list)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, targets: list[WebhookTarget]) -> list[WebhookTarget]:
+        names = [t.name for t in targets]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"target names must be unique: {', '.join(doubled)}")
+        return targets
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     max_attempts: int = Field(default=5, ge=1, le=20)
     backoff_seconds: float = Field(default=1.0, ge=0, le=300)
@@ -267,6 +291,22 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
     return build_settings(path, raw, env)
 
 
+def _resolve_webhook_urls(targets: Any, environ: Mapping[str, str], path: Path) -> None:
+    """`url_env = "VAR"` in a notify target: the URL comes from that environment variable."""
+    if not isinstance(targets, list):
+        return
+    for index, target in enumerate(targets):
+        if not isinstance(target, dict) or "url_env" not in target:
+            continue
+        where = f"notify.targets.{index} ({target.get('name', '?')})"
+        var = target.pop("url_env")
+        if "url" in target:
+            raise ConfigError(f"{where}: give url or url_env, not both (in {path})")
+        if not isinstance(var, str) or var not in environ:
+            raise ConfigError(f"{where}: url_env names {var!r}, which is not set in the environment")
+        target["url"] = environ[var]
+
+
 def build_settings(path: Path, raw: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
     """Validate file contents `raw` (as parsed TOML) plus environment overrides for file `path`."""
     base_dir = path.parent
@@ -296,6 +336,7 @@ def build_settings(path: Path, raw: Mapping[str, Any], environ: Mapping[str, str
         value = merged[section][key]
         if isinstance(value, str) and value:
             merged[section][key] = str((base_dir / Path(value).expanduser()).absolute())
+    _resolve_webhook_urls(merged["notify"].get("targets"), environ, path)
     url = merged["store"]["url"]
     if isinstance(url, str) and url.startswith(_SQLITE) and not url[len(_SQLITE) :].startswith("/"):
         merged["store"]["url"] = _SQLITE + str(base_dir / url[len(_SQLITE) :])
@@ -340,10 +381,11 @@ listen = "127.0.0.1:18080"
 token_ttl_seconds = 900      # lifetime of a JWT from POST /api/v1/auth/token
 
 [notify]
-# Webhooks for change-request events (created, approved, rejected, executed, failed, expired).
+# Webhooks for change-request events: created, approved, rejected, cancelled, executed, failed,
+# expired, unknown. `url_env = "VAR"` reads a (secret) webhook URL from the environment.
 # targets = [
 #   { name = "ops", kind = "slack", url = "https://hooks.slack.com/services/..." },
-#   { name = "audit", kind = "json", url = "https://example.com/hook", events = ["executed", "failed"] },
+#   { name = "audit", kind = "json", url_env = "AUDIT_HOOK_URL", events = ["executed", "failed"] },
 # ]
 targets = []
 timeout_seconds = 5.0        # per delivery attempt

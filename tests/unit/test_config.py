@@ -524,3 +524,37 @@ def test_config_path_expands_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_listen_from_the_environment_round_trips(port: int) -> None:
     s = build_settings(Path("/etc/qb/querybase.toml"), {}, {"QUERYBASE_ADMIN__LISTEN": f"0.0.0.0:{port}"})
     assert s.admin.listen == ListenAddress(host="0.0.0.0", port=port)
+
+
+# ------------------------------------------------------------------------------ notify targets
+
+HOOK = "https://hooks.example.com/services/T000/B000/secret-token"
+
+
+def test_webhook_url_from_the_environment(tmp_path: Path) -> None:
+    text = '[notify]\ntargets = [{ name = "ops", kind = "slack", url_env = "OPS_HOOK" }]\n'
+    settings = load(tmp_path, text, {"OPS_HOOK": HOOK})
+    assert settings.notify.targets[0].url == HOOK
+    assert HOOK not in repr(settings.notify.targets[0])  # never printed with the settings
+    message = config_error(tmp_path, text, {})
+    assert "url_env names 'OPS_HOOK', which is not set" in message
+    both = f'[notify]\ntargets = [{{ name = "ops", url = "{HOOK}", url_env = "OPS_HOOK" }}]\n'
+    assert "not both" in config_error(tmp_path, both, {"OPS_HOOK": HOOK})
+
+
+def test_webhook_targets_are_checked(tmp_path: Path) -> None:
+    typo = f'[notify]\ntargets = [{{ name = "a", url = "{HOOK}", events = ["executd"] }}]\n'
+    assert "unknown events ['executd']" in config_error(tmp_path, typo)
+    twice = f'[notify]\ntargets = [{{ name = "a", url = "{HOOK}" }}, {{ name = "a", url = "{HOOK}" }}]\n'
+    assert "unique: a" in config_error(tmp_path, twice)
+    bad = '[notify]\ntargets = [{ name = "a", url = "ftp://x/secret" }]\n'
+    message = config_error(tmp_path, bad)
+    assert "is not an http:// or https:// URL" in message
+    assert "secret" not in message
+
+
+def test_notify_events_match_the_notifier() -> None:
+    from proxy.config import NOTIFY_EVENTS
+    from proxy.notify import EVENTS
+
+    assert NOTIFY_EVENTS == EVENTS
