@@ -11,12 +11,16 @@ published (`Executor.publish`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
 from policies import mysql as mysql_policy
 from policies import pg as pg_policy
 from policies.decide import decide
 from policies.types import Action, Kind, SourcePolicy
 from proxy import metrics
-from proxy.errors import Forbidden, InvalidInput
+from proxy.errors import Forbidden, InvalidInput, QueryBaseError
 from proxy.executor import Executor
 from proxy.store import requests as rq
 from proxy.store.catalog import Catalog
@@ -24,6 +28,15 @@ from proxy.store.db import Store
 from proxy.store.models import Decision, utcnow
 
 MAX_SCRIPT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Waited:
+    """How waiting mode ended: the request in a final state, None (still pending at the deadline),
+    or `cancelled` (the client cancelled its statement, which withdrew the request)."""
+
+    view: rq.RequestDetail | None
+    cancelled: bool = False
 
 
 class ChangeService:
@@ -95,3 +108,21 @@ class ChangeService:
         )
         request_id = await self.created(user=actor.name, source=source, held=held)
         return await rq.request_view(self.store, request_id)
+
+    async def wait_for_decision(
+        self, user: str, request_id: int, seconds: float, cancel: asyncio.Event, reason: str
+    ) -> Waited:
+        """Waiting mode for a wire session: wait up to `seconds` for the request to end; when
+        `cancel` is set first (CancelRequest, KILL QUERY), the requester withdraws it."""
+        waiter = asyncio.ensure_future(self.executor.wait_final(request_id, seconds))
+        stop = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if waiter.done():
+            return Waited(waiter.result())
+        waiter.cancel()
+        with contextlib.suppress(QueryBaseError):  # decided meanwhile: it is no longer pending
+            await self.cancel(rq.Actor(user), request_id, reason)
+        return Waited(None, cancelled=True)

@@ -54,7 +54,7 @@ from proxy.relay import Params, RelaySession, UpstreamTarget, source_pool
 from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
-from proxy.store.requests import Actor, HeldStatement, create_request
+from proxy.store.requests import HeldStatement, create_request
 from proxy.store.verifiers import verify_caching_sha2_scramble, verify_native_scramble
 
 if TYPE_CHECKING:
@@ -1091,22 +1091,18 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         Success answers OK with the rows affected; anything else an ERR."""
         changes = self.f.changes
         assert changes is not None
-        cancelled = self.waiting = asyncio.Event()
+        self.waiting = asyncio.Event()
         if self.entry is not None:
             self.entry.state = WAITING
-        waiter = asyncio.ensure_future(changes.executor.wait_final(request_id, self.hold_wait))
-        stop = asyncio.ensure_future(cancelled.wait())
         try:
-            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+            waited = await changes.wait_for_decision(
+                self.user, request_id, self.hold_wait, self.waiting, "cancelled by KILL QUERY while waiting"
+            )
         finally:
             self.waiting = None
-            stop.cancel()
             if self.entry is not None:
                 self.entry.state = IDLE
-        if not waiter.done():
-            waiter.cancel()
-            with contextlib.suppress(QueryBaseError):
-                await changes.cancel(Actor(self.user), request_id, "cancelled by KILL QUERY while waiting")
+        if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
             self._send_err(
                 MySQLError(
@@ -1115,7 +1111,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 1,
             )
             return
-        view = waiter.result()
+        view = waited.view
         if view is None:
             self._send_err(_held_error(request_id, self.source, f"still pending after {self.hold_wait}s"), 1)
             return

@@ -58,7 +58,7 @@ from proxy.relay import RelaySession, source_pool
 from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
-from proxy.store.requests import Actor, HeldStatement, RequestDetail, create_request
+from proxy.store.requests import HeldStatement, RequestDetail, create_request
 from proxy.store.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
 
 if TYPE_CHECKING:
@@ -825,29 +825,25 @@ class PgSession(RelaySession, asyncio.Protocol):
                 notice=True,
             )
         )
-        cancelled = self._waiting = asyncio.Event()
+        self._waiting = asyncio.Event()
         if self.entry is not None:
             self.entry.state = WAITING
-        waiter = asyncio.ensure_future(changes.executor.wait_final(request_id, self.hold_wait))
-        stop = asyncio.ensure_future(cancelled.wait())
         try:
-            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+            waited = await changes.wait_for_decision(
+                self.user, request_id, self.hold_wait, self._waiting, "cancelled by the client while waiting"
+            )
         finally:
             self._waiting = None
-            stop.cancel()
             if self.entry is not None:
                 self.entry.state = IDLE
-        if not waiter.done():
-            waiter.cancel()
-            with contextlib.suppress(QueryBaseError):
-                await changes.cancel(Actor(self.user), request_id, "cancelled by the client while waiting")
+        if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
             return pgp.make_error(
                 "ERROR",
                 "57014",
                 f"canceling statement due to user request; change request #{request_id} cancelled",
             )
-        view = waiter.result()
+        view = waited.view
         if view is None:
             return _held_error(
                 request_id, self.source, f"still pending after {self.hold_wait}s; it runs when approved"
