@@ -136,6 +136,18 @@ async def test_close_while_the_store_is_away_reports_what_was_not_written(
     assert await actors(store) == []
 
 
+async def test_a_retried_batch_that_had_committed_is_not_appended_twice_on_postgresql(
+    pg_store: tuple[Store, str],
+) -> None:
+    store, _ = pg_store
+    writer = audit.AuditWriter(store)
+    batch = [audit.PendingEvent("pg.login", "alice", "shop", None, {"tls": True}, time.time())]
+    async with store.write_session() as session, session.begin():
+        committed = await audit.append_batch(session, batch)
+    assert await writer._commit(batch, True) == committed  # timestamptz round-trips exactly
+    assert await actors(store) == ["alice"]
+
+
 # serve ---------------------------------------------------------------------------------------
 
 
