@@ -144,6 +144,10 @@ class WebhookTarget(_Section):
 
 class NotifySettings(_Section):
     targets: list[WebhookTarget] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    backoff_seconds: float = Field(default=1.0, ge=0, le=300)
+    queue_size: int = Field(default=1000, ge=1)
 
     @field_validator("targets")
     @classmethod
@@ -153,10 +157,6 @@ class NotifySettings(_Section):
         if doubled:
             raise ValueError(f"target names must be unique: {', '.join(doubled)}")
         return targets
-    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    backoff_seconds: float = Field(default=1.0, ge=0, le=300)
-    queue_size: int = Field(default=1000, ge=1)
 
 
 class AuditSettings(_Section):
