@@ -7,8 +7,11 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -357,8 +360,6 @@ def json_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     stream = io.StringIO()
-    import sys
-
     real, sys.stderr = sys.stderr, stream  # configure() binds to sys.stderr
     try:
         configure(LogSettings(level="debug", format="json"))
@@ -386,3 +387,64 @@ def test_secret_fields_are_redacted_in_structlog_and_stdlib_lines(json_log: io.S
     text = json_log.getvalue()
     for secret in ("hunter2", "c2NyYW1ibGU", "c2VjcmV0", "qbt_abc", "proof-value"):
         assert secret not in text
+
+
+# ------------------------------------------------------------------------------ multiprocess
+
+WORKER = """
+import os, sys
+from policies.types import Action
+from proxy import metrics
+assert metrics.MULTIPROCESS
+metrics.CLIENT_CONNECTIONS_ACCEPTED.labels("postgresql").inc(int(sys.argv[1]))
+metrics.CLIENT_CONNECTIONS_OPEN.labels("postgresql").inc(int(sys.argv[1]))
+metrics.statement_metrics("postgresql", "mp").duration[Action.FORWARD].observe(0.002)
+print(os.getpid())
+"""
+
+SCRAPER = """
+import sys
+from proxy import metrics
+for pid in sys.argv[1:]:
+    metrics.mark_process_dead(int(pid))
+sys.stdout.write(metrics.exposition().decode())
+"""
+
+
+def test_multiprocess_mode_merges_every_worker(tmp_path: Path) -> None:
+    env = {**os.environ, metrics.MULTIPROC_ENV: str(tmp_path)}
+
+    def run(code: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    first = run(WORKER, "2").strip()
+    run(WORKER, "3")
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    merged = samples(run(SCRAPER))
+    accepted = ("querybase_client_connections_accepted_total", (("protocol", "postgresql"),))
+    open_now = ("querybase_client_connections_open", (("protocol", "postgresql"),))
+    count = (
+        "querybase_statement_duration_seconds_count",
+        (("protocol", "postgresql"), ("source", "mp"), ("verdict", "forward")),
+    )
+    assert (merged[accepted], merged[open_now], merged[count]) == (5, 5, 2)
+    # The first worker is gone: its open connections leave the livesum gauge, its counts stay.
+    after = samples(run(SCRAPER, first))
+    assert (after[accepted], after[open_now], after[count]) == (5, 3, 2)
