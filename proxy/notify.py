@@ -37,13 +37,13 @@ import httpx
 import structlog
 
 from proxy import metrics
-from proxy.config import NotifySettings, WebhookTarget
+from proxy.config import NOTIFY_EVENTS, NotifySettings, WebhookTarget
 from proxy.store.db import Store
 from proxy.store.models import NotificationDelivery
 
 log = structlog.get_logger("querybase.notify")
 
-EVENTS = ("created", "approved", "rejected", "cancelled", "executed", "failed", "expired", "unknown")
+EVENTS = NOTIFY_EVENTS  # config validates targets' `events` filters against the same names
 
 DELIVERED = "delivered"
 RETRYING = "retrying"
@@ -130,12 +130,6 @@ class Notifier:
         self._store = store
         self._transport = transport
         self._lanes = [_Lane(t, asyncio.Queue(maxsize=settings.queue_size)) for t in settings.targets]
-        for t in settings.targets:
-            unknown = sorted(set(t.events or ()) - set(EVENTS))
-            if unknown:  # a typo here would silently mute the target for that event
-                log.warning(
-                    "notify.unknown_events_in_filter", target=t.name, events=unknown, known=list(EVENTS)
-                )
         self._client: httpx.AsyncClient | None = None
         self._url_filter: _HideTargetUrls | None = None
         self._closed = False

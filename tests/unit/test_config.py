@@ -551,10 +551,3 @@ def test_webhook_targets_are_checked(tmp_path: Path) -> None:
     message = config_error(tmp_path, bad)
     assert "is not an http:// or https:// URL" in message
     assert "secret" not in message
-
-
-def test_notify_events_match_the_notifier() -> None:
-    from proxy.config import NOTIFY_EVENTS
-    from proxy.notify import EVENTS
-
-    assert NOTIFY_EVENTS == EVENTS
