@@ -19,9 +19,10 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from admin_api.audit import EXTRA as AUDIT_EXTRA
 from admin_api.deps import Ctx
 from proxy import metrics
-from proxy.audit import as_utc
+from proxy.audit import AuditWriter, as_utc
 from proxy.store.db import Store
 from proxy.store.models import ChangeRequest, RequestStatus, Source, utcnow
 
@@ -82,6 +83,9 @@ async def store_figures(store: Store) -> _StoreFigures:
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics (text exposition format)")
 async def prometheus_metrics(ctx: Ctx) -> Response:
+    writer = ctx.extras.get(AUDIT_EXTRA)
+    if isinstance(writer, AuditWriter):
+        metrics.AUDIT_QUEUE_DEPTH.set(writer.depth)
     extra: list[Collector] = []
     try:
         extra.append(await store_figures(ctx.store))

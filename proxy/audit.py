@@ -45,6 +45,7 @@ from sqlalchemy import Connection, Engine, event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from policies.types import Action, Kind, Verdict
 from proxy.errors import StoreError
 from proxy.store.models import AuditEvent, utcnow
 
@@ -877,3 +878,62 @@ class AuditWriter:
 def _first_line(exc: BaseException) -> str:
     text_ = str(getattr(exc, "orig", None) or exc).strip()
     return text_.splitlines()[0] if text_ else type(exc).__name__
+
+
+# what the wire sessions record ------------------------------------------------------------------
+
+MAX_AUDITED_TEXT = 4096  # statement text kept per event; longer text is cut (with its length noted)
+_READ_KINDS = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
+
+
+def audit_statement(
+    writer: AuditWriter | None,
+    *,
+    protocol: str,
+    user: str,
+    source: str,
+    connection: str,
+    verdict: Verdict,
+    text: str,
+    record: bool = True,
+) -> str | None:
+    """Record one statement verdict from a wire session. Returns why the statement must be refused
+    instead, when the audit log cannot take it: reads (forwarded read/transaction/session
+    statements) only under `on_failure = "block"`; writes, holds and denials always."""
+    if writer is None:
+        return None
+    if not writer.healthy:
+        read = verdict.action is Action.FORWARD and verdict.kind in _READ_KINDS
+        if not writer.admits(read=read):
+            what = "statements" if read else "writes"
+            return f"audit log unavailable ({writer.reason}): {what} are refused until it recovers"
+    if record:
+        payload: dict[str, Any] = {
+            "protocol": protocol,
+            "kind": verdict.kind.value,
+            "verdict": verdict.action.value,
+            "statement": text[:MAX_AUDITED_TEXT],
+        }
+        if len(text) > MAX_AUDITED_TEXT:
+            payload["statement_length"] = len(text)
+        writer.record("statement", actor=user, source=source, subject=connection, payload=payload)
+    return None
+
+
+def audit_login(
+    writer: AuditWriter | None,
+    *,
+    protocol: str,
+    user: str,
+    client: str,
+    source: str | None = None,
+    failure: str | None = None,
+) -> None:
+    """Record a wire login: `login.succeeded`, or `login.failed` with the reason (never a secret)."""
+    if writer is None:
+        return
+    payload: dict[str, Any] = {"protocol": protocol, "client": client}
+    if failure is not None:
+        payload["reason"] = failure
+    kind = "login.failed" if failure is not None else "login.succeeded"
+    writer.record(kind, actor=user or None, source=source, subject=client, payload=payload)

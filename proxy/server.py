@@ -121,13 +121,13 @@ async def _run(
             pg_frontend = PgFrontend(settings, store, catalog, tls)
             pg_frontend.changes = changes
             pg_frontend.registry = sessions
-            setattr(pg_frontend, "audit", audit_writer)  # noqa: B010 - until the front end declares it
+            pg_frontend.audit = audit_writer
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
             my_frontend = MySQLFrontend(settings, store, catalog, tls)
             my_frontend.changes = changes
             my_frontend.registry = sessions
-            setattr(my_frontend, "audit", audit_writer)  # noqa: B010 - until the front end declares it
+            my_frontend.audit = audit_writer
             await my_frontend.learn_server_version()
             my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
         if admin_sock is not None:

@@ -43,6 +43,7 @@ from policies.decide import with_prepared_kind
 from policies.mysql import count_placeholders
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
+from proxy.audit import AuditWriter, audit_login, audit_statement
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
@@ -131,6 +132,7 @@ class MySQLFrontend:
         # live-session registry of the admin API.
         self.changes: ChangeService | None = None
         self.registry: SessionRegistry | None = None
+        self.audit: AuditWriter | None = None  # logins and statement verdicts
         self._emptied = asyncio.Event()
 
     def protocol(self) -> MySQLSession:
@@ -453,9 +455,11 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._fatal(my.ProtocolViolation("login timed out"), self._reply_seq)
         except MySQLError as exc:
             _count_login_failure(exc)
+            self._audit_login_failure(exc)
             self._fatal(exc, self._reply_seq)
         except QueryBaseError as exc:
             _count_login_failure(exc)
+            self._audit_login_failure(exc)
             self._fatal(MySQLError(exc.mysql_errno, "HY000", exc.message), self._reply_seq)
         except Exception as exc:
             metrics.login_failed(PROTOCOL, "internal")
@@ -464,6 +468,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 MySQLError(1105, "HY000", f"internal error during login: {type(exc).__name__}"),
                 self._reply_seq,
             )
+
+    def _audit_login_failure(self, exc: QueryBaseError) -> None:
+        audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, failure=exc.message)
 
     async def _authenticate(self) -> int:
         assert self.transport is not None
@@ -635,6 +642,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._session_started()
         self._ready = True
         self._resume("login")
+        audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, source=self.source)
         self.log.info("connected", level=level.value, role=_role(level), tls=self.on_tls)
         self._process()
 
@@ -684,10 +692,25 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if expects_reply:
             self._in_flight = command
 
-    def _decide(self, c: Classification) -> Verdict:
+    def _decide(self, c: Classification, sql: str, *, prepare: bool = False) -> Verdict:
+        """The verdict, recorded in the audit log (a PREPARE only when it is denied: its executes
+        are recorded); an audit log that cannot record it refuses the statement (1105)."""
         c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
-        return decide(c, self.level, self.policy)
+        verdict = decide(c, self.level, self.policy)
+        refusal = audit_statement(
+            self.f.audit,
+            protocol=PROTOCOL,
+            user=self.user,
+            source=self.source,
+            connection=f"{PROTOCOL}:{self.connection_id}",
+            verdict=verdict,
+            text=sql,
+            record=not prepare or verdict.action is Action.DENY,
+        )
+        if refusal is not None:
+            raise MySQLError(1105, "HY000", refusal)
+        return verdict
 
     def _count(self, verdict: Verdict) -> None:
         self._m.counted[(verdict.kind, verdict.action)].inc()
@@ -727,7 +750,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._kill(kill.group(1) or "CONNECTION", int(kill.group(2)))
             return
         c = classify_mysql_cached(sql)
-        verdict = self._decide(c)
+        verdict = self._decide(c, sql)
         self._count(verdict)
         if verdict.action is Action.FORWARD:
             if c.prepares is not None:
@@ -740,7 +763,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         t0 = time.perf_counter()
         sql = my.parse_stmt_prepare(body)
         c = classify_mysql_cached(sql)
-        verdict = self._decide(c)
+        verdict = self._decide(c, sql, prepare=True)
         if verdict.action is Action.FORWARD:
             self._pending_prepare = _Prepared(sql, c)
             self._forward(command, payload)
@@ -783,7 +806,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 "HY000",
                 f"Unknown prepared statement handler ({statement_id}) given to mysqld_stmt_execute",
             )
-        verdict = self._decide(prepared.classification)
+        verdict = self._decide(prepared.classification, prepared.sql)
         self._count(verdict)
         if verdict.action is Action.FORWARD:
             if prepared.virtual:
@@ -898,6 +921,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     await self._switch_upstream(*self._upstream_for(creds, level))
             except MySQLError as exc:
                 _count_login_failure(exc)
+                audit_login(
+                    self.f.audit, protocol=PROTOCOL, user=request.user, client=self.peer, failure=exc.message
+                )
                 self._send_err(exc, self._reply_seq)
                 return
             except (TimeoutError, ConnectionResetError):
@@ -905,6 +931,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 return
             except QueryBaseError as exc:  # no upstream for the new user (pool full, upstream down)
                 _count_login_failure(exc)
+                audit_login(
+                    self.f.audit, protocol=PROTOCOL, user=request.user, client=self.peer, failure=exc.message
+                )
                 error = MySQLError(exc.mysql_errno, "HY000", exc.message)
                 if self.upstream is None:
                     self._fatal(error, self._reply_seq)  # the old one is gone too: cannot go on
@@ -916,6 +945,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             previous = (self.user, self.source)
             self._become(request.user, creds, level)
             self._session_started()
+            audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, source=self.source)
             self.log.info(
                 "user_changed", previous_user=previous[0], previous_source=previous[1], level=level.value
             )

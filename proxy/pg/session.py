@@ -46,6 +46,7 @@ from policies.decide import decide_cached as decide
 from policies.decide import with_prepared_kind
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
+from proxy.audit import AuditWriter, audit_login, audit_statement
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
@@ -115,6 +116,7 @@ class PgFrontend:
         # held statements are stored directly and never waited for.
         self.changes: ChangeService | None = None
         self.registry: SessionRegistry | None = None  # live sessions for the admin API; `serve` sets it
+        self.audit: AuditWriter | None = None  # logins and statement verdicts; `serve` sets it
         self.draining = False  # shutting down: sessions end once their running statement is answered
         self._emptied = asyncio.Event()
 
@@ -177,6 +179,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.hold_wait = 0
         self._waiting: asyncio.Event | None = None  # set by a CancelRequest while waiting
         self.entry: LiveSession | None = None
+        self._audit_refusal: str | None = None
+        self._audit_subject = ""
         self.params: dict[str, str] = {}
         self.key: tuple[int, bytes] | None = None
         self.upstream: UpstreamConnection | None = None
@@ -395,6 +399,9 @@ class PgSession(RelaySession, asyncio.Protocol):
             reason = self._login_failure_reason(exc)
             if reason is not None:
                 metrics.login_failed(PROTOCOL, reason)
+            audit_login(
+                self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, failure=exc.message
+            )
             self._fatal(exc)
         except Exception as exc:  # a bug must end this session only, with a clear line
             metrics.login_failed(PROTOCOL, "internal")
@@ -581,6 +588,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._session_open = metrics.CLIENT_SESSIONS_OPEN.labels(PROTOCOL, self.source, tls)
         self._session_open.inc()
         self._ready = True
+        self._audit_subject = f"{PROTOCOL}:{self.key[0]}"
+        audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, source=self.source)
         if self.entry is not None:
             self.entry.user, self.entry.source, self.entry.state = self.user, self.source, IDLE
         self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
@@ -631,11 +640,23 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _forward(self, raw: bytes) -> None:
         self._out.append(raw)
 
-    def _decide(self, c: Classification) -> Verdict:
+    def _decide(self, c: Classification, text: str) -> Verdict:
         c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
         verdict = decide(c, self.level, self.policy)
         self._m.counted[(verdict.kind, verdict.action)].inc()
+        refusal = audit_statement(
+            self.f.audit,
+            protocol=PROTOCOL,
+            user=self.user,
+            source=self.source,
+            connection=self._audit_subject,
+            verdict=verdict,
+            text=text,
+        )
+        if refusal is not None:  # the audit log cannot record it: refused (58000), not run
+            self._audit_refusal = refusal
+            return Verdict(action=Action.DENY, kind=verdict.kind, reason=refusal)
         return verdict
 
     def _arrival(self) -> float:
@@ -666,7 +687,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         t0 = self._arrival()
         sql = pgp.parse_query(raw[5:], self._checked_encoding())
         c = classify_pg_cached(sql)
-        verdict = self._decide(c)
+        verdict = self._decide(c, sql)
         if verdict.action is Action.FORWARD:
             if c.prepares is not None:
                 self._sql_prepared[c.prepares] = c.kind
@@ -710,7 +731,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         else:
             c, text, types = statement.classification, statement.query, statement.param_types
             bind_raw = bound[1] if bound is not None else None
-        verdict = self._decide(c)
+        verdict = self._decide(c, text)
         if verdict.action is Action.FORWARD:
             self._forward(raw)
             self._batch.append((t0, verdict.kind))
@@ -738,7 +759,7 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _on_function_call(self, raw: bytes) -> object:
         t0 = self._arrival()
         c = Classification(Kind.PRIVILEGED, reason="fast-path function call")
-        verdict = self._decide(c)
+        verdict = self._decide(c, "<fast-path function call>")
         if verdict.action is Action.FORWARD:
             self._forward(raw)
             self._pending.append(_PASS)
@@ -880,6 +901,9 @@ class PgSession(RelaySession, asyncio.Protocol):
             await self._drained
 
     async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> tuple[bytes, int | None]:
+        if self._audit_refusal is not None:
+            message, self._audit_refusal = self._audit_refusal, None
+            return pgp.make_error("ERROR", "58000", message), None
         if verdict.action is Action.DENY:
             denied = pgp.make_error(
                 "ERROR",
