@@ -59,3 +59,34 @@ def localdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """An empty directory a test may give to its own PostgresCluster or MariaDBServer."""
     with _server_basedir(tmp_path_factory, "localdb") as basedir:
         yield basedir / "server"
+
+
+# Strings that must never appear in a `serve` log: every password the tests use, and parameter
+# values that the change-request tests bind (statement text is not logged either).
+BOUND_VALUES = ("naïve ✓",)
+
+
+def _secrets() -> set[str]:
+    from tests.support import localdb, myfront, pgfront, querybase
+
+    found = {querybase.ADMIN_PASSWORD, *localdb.PG_PASSWORDS.values(), *localdb.MARIADB_PASSWORDS.values()}
+    found |= set(pgfront.PASSWORDS.values()) | set(myfront.PASSWORDS.values())
+    found |= {f"{user}-Secret-pw-42" for user in ("pia", "olga", "pat")}  # test_changes_pg's extra users
+    found |= set(BOUND_VALUES)
+    return {s for s in found if s}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_serve_logs() -> Iterator[None]:
+    """After the whole run: scan every `serve` log the tests wrote for a password or bound value."""
+    yield
+    from tests.support.querybase import SERVE_LOGS
+
+    secrets = _secrets()
+    leaks = []
+    for path in SERVE_LOGS:
+        if not path.exists():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        leaks += [f"{path}: {secret!r}" for secret in secrets if secret in text]
+    assert not leaks, "secrets in serve logs:\n" + "\n".join(leaks)

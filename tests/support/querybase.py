@@ -18,6 +18,8 @@ from tests.support.localdb import free_port
 
 ADMIN_PASSWORD = "admin-test-password"
 READY_TIMEOUT = 30.0
+# Every `serve` log this test run wrote: tests/integration/conftest.py scans them for secrets.
+SERVE_LOGS: list[Path] = []
 
 
 def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -146,6 +148,7 @@ def admin_url(config: Path) -> str:
 def start_serve(config: Path, env: dict[str, str] | None = None) -> ServeProcess:
     """Start `querybase serve` and wait until /readyz answers 200 (or the process dies)."""
     log_path = config.parent / f"serve-{time.monotonic_ns()}.log"
+    SERVE_LOGS.append(log_path)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "proxy.cli", "--config", str(config), "serve"],
