@@ -8,7 +8,9 @@ completes and its client sees the result, an idle client gets the protocol's shu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -55,6 +57,12 @@ def test_sigterm_lets_a_running_postgresql_query_finish(pg_server: PostgresClust
         log = gw.serve.log
         assert '"stopped"' in log
         assert log.index('"stopping"') < log.index('"stopped"')
+        # The audit queue was flushed before exit: the long statement's event is in the store.
+        with contextlib.closing(sqlite3.connect(pgfront.store_path(gw.config))) as db:
+            recorded = db.execute(
+                "SELECT count(*) FROM audit_events WHERE kind = 'statement' AND payload LIKE '%pg_sleep(2)%'"
+            ).fetchone()[0]
+        assert recorded == 1
 
 
 def test_sigterm_timeout_ends_statements_that_run_too_long(
