@@ -182,6 +182,9 @@ def _tokenize(sql: str) -> list[Token]:
     return list(_DIALECT.tokenize(sql))
 
 
+tokenize = _tokenize  # for the literal-insensitive cache level (policies/cache.py)
+
+
 def _split(tokens: Sequence[Token]) -> list[list[Token]]:
     statements: list[list[Token]] = []
     current: list[Token] = []

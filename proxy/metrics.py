@@ -291,8 +291,11 @@ def _cache_figures() -> list[tuple[str, str, int, int, int]]:
     ):
         info = classifier.cache_info()
         figures.append((protocol, "exact", info.hits, info.misses, info.currsize))
-    level = classify_cache.pg_fingerprint_level
-    figures.append(("postgresql", "fingerprint", level.hits, level.misses, len(level)))
+    for protocol, level in (
+        ("postgresql", classify_cache.pg_fingerprint_level),
+        ("mysql", classify_cache.mysql_fingerprint_level),
+    ):
+        figures.append((protocol, "fingerprint", level.hits, level.misses, len(level)))
     return figures
 
 

@@ -1,4 +1,4 @@
-"""The fingerprint level of the PostgreSQL classification cache never changes a verdict.
+"""The literal-insensitive level of the classification caches never changes a verdict.
 
 For every statement in the classifier table, a sibling with different constants is classified
 first (priming the fingerprint level), then the statement itself; the cached answer must equal a
@@ -11,9 +11,10 @@ import re
 
 import pytest
 
-from policies import pg
-from policies.cache import FingerprintLevel
+from policies import mysql, pg
+from policies.cache import FingerprintLevel, MySQLFingerprintLevel
 from policies.types import Kind
+from tests.unit.test_policies_mysql import CASES as MYSQL_CASES
 from tests.unit.test_policies_pg import CASES
 
 _SWAPS = {"'off'": "'on'", "'on'": "'off'", "false": "true", "true": "false", " off": " on", " on": " off"}
@@ -56,5 +57,51 @@ def test_literal_variants_share_one_parse() -> None:
 )  # fmt: skip
 def test_constant_dependent_verdicts_are_not_shared(first: str, second: str, second_kind: Kind) -> None:
     level = FingerprintLevel()
+    level.classify(first)
+    assert level.classify(second).kind is second_kind
+
+
+# ------------------------------------------------------------------------------------- MySQL
+
+_MYSQL_SWAPS = {"'off'": "'on'", "'on'": "'off'", "= 0": "= 1", "= 1": "= 0", "'": "'x"}
+
+
+def mysql_sibling(sql: str) -> str:
+    text = re.sub(r"\b\d+\b", lambda m: str(int(m.group()) + 7), sql)
+    for old, new in _MYSQL_SWAPS.items():
+        if old in text:
+            return text.replace(old, new, 1)
+    return text
+
+
+@pytest.mark.parametrize("sql", [pytest.param(c.sql, id=c.case_id) for c in MYSQL_CASES])
+def test_mysql_fingerprint_level_agrees_with_a_fresh_parse(sql: str) -> None:
+    level = MySQLFingerprintLevel()
+    level.classify(mysql_sibling(sql))
+    assert level.classify(sql) == mysql.classify(sql)
+
+
+def test_mysql_literal_variants_share_one_parse() -> None:
+    level = MySQLFingerprintLevel()
+    for row in range(50):
+        got = level.classify(f"SELECT c FROM sbtest1 WHERE id={row}")
+        assert got.kind is Kind.READ
+    assert (level.hits, level.misses) == (49, 1)
+    level.classify("SELECT c FROM sbtest1 WHERE id='7'")  # a string literal is another shape
+    assert level.misses == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "second_kind"),
+    [
+        ("SET SESSION transaction_read_only = 1", "SET SESSION transaction_read_only = 0", Kind.PRIVILEGED),
+        ("PREPARE s FROM 'SELECT 1'", "PREPARE s FROM 'DELETE FROM t'", Kind.WRITE),
+        ("SELECT 1; SET tx_read_only = 1", "SELECT 2; SET tx_read_only = 0", Kind.PRIVILEGED),
+        ("/*!50000 SELECT 1 */", "/*!50000 DELETE FROM t */", Kind.WRITE),
+        ("SELECT 1 /*!50000 , 2 */", "SELECT 1 /*!50000 ; DELETE FROM t */", Kind.WRITE),
+    ],
+)  # fmt: skip
+def test_mysql_constant_dependent_verdicts_are_not_shared(first: str, second: str, second_kind: Kind) -> None:
+    level = MySQLFingerprintLevel()
     level.classify(first)
     assert level.classify(second).kind is second_kind
