@@ -937,3 +937,41 @@ def audit_login(
         payload["reason"] = failure
     kind = "login.failed" if failure is not None else "login.succeeded"
     writer.record(kind, actor=user or None, source=source, subject=client, payload=payload)
+
+
+# configuration ----------------------------------------------------------------------------------
+
+
+def settings_fingerprint(settings: Any) -> dict[str, str]:
+    """`section.key` → SHA-256 of its value, for every setting. Hashes, never values: the store
+    URL or a webhook URL may hold a secret, and the audit log must not."""
+    flat: dict[str, str] = {}
+    for section, body in settings.model_dump(mode="json").items():
+        for key, value in (body or {}).items():
+            canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            flat[f"{section}.{key}"] = hashlib.sha256(canonical.encode()).hexdigest()
+    return flat
+
+
+async def record_configuration(
+    session: AsyncSession, settings: Any, *, config_path: str
+) -> AuditEvent | None:
+    """Append `config.changed` when the settings differ from those of the last recorded start (or
+    none was recorded), naming the keys that changed; nothing when they are the same."""
+    current = settings_fingerprint(settings)
+    previous_event = await session.scalar(
+        select(AuditEvent).where(AuditEvent.kind == "config.changed").order_by(AuditEvent.id.desc()).limit(1)
+    )
+    previous: dict[str, str] = (
+        previous_event.payload.get("settings", {}) if previous_event is not None else {}
+    )
+    changed = sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k))
+    if not changed:
+        return None
+    return await append(
+        session,
+        "config.changed",
+        actor=None,
+        subject=config_path,
+        payload={"changed": changed, "settings": current, "first": previous_event is None},
+    )

@@ -23,7 +23,7 @@ from admin_api.audit import EXTRA as AUDIT_EXTRA
 from admin_api.deps import ApiContext
 from admin_api.requests import EXTRA as CHANGES_EXTRA
 from admin_api.tokens import derive_signing_key
-from proxy.audit import AuditWriter
+from proxy.audit import AuditWriter, record_configuration
 from proxy.changes import ChangeService
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
@@ -88,6 +88,8 @@ async def _run(
     # `.audit` and refuse what must be recorded while it is not `healthy` (docs/audit.md).
     audit_writer = AuditWriter.from_settings(settings, store)
     await audit_writer.start()
+    async with store.write_session() as session, session.begin():
+        await record_configuration(session, settings, config_path=str(settings.config_path))
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

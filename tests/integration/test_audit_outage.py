@@ -157,7 +157,8 @@ def test_serve_anchors_and_the_api_verifies_against_the_anchor(tmp_path: Path) -
     anchor.unlink()  # as after an upgrade: serve anchors the chain it finds
     serve = start_serve(config)
     try:
-        assert audit.Anchor(anchor).read() == audit.AnchorRecord(1, _hash_of(config, 1))
+        # init's user.created (#1), then serve's config.changed (#2), anchored as it was appended
+        assert audit.Anchor(anchor).read() == audit.AnchorRecord(2, _hash_of(config, 2))
         with httpx.Client(base_url=serve.admin_url, timeout=30) as client:
             login = client.post(f"{API}/auth/token", json={"username": "admin", "password": ADMIN_PASSWORD})
             assert login.status_code == 200, login.text
@@ -166,16 +167,16 @@ def test_serve_anchors_and_the_api_verifies_against_the_anchor(tmp_path: Path) -
                 assert client.post(f"{API}/groups", json={"name": group}, headers=headers).status_code == 201
             report = client.get(f"{API}/audit/verify", headers=headers).json()
             assert report["ok"] is True, report
-            assert report["events"] == report["head_id"] == report["anchored_id"] == 4  # + api.login
+            assert report["events"] == report["head_id"] == report["anchored_id"] == 5  # + api.login
             assert report["anchor_file"] == str(anchor)
             assert report["note"] is None
 
             with sqlite3.connect(config.parent / "querybase.db") as db:  # SQL access to the store only
-                db.execute("DELETE FROM audit_events WHERE id = 4")
+                db.execute("DELETE FROM audit_events WHERE id = 5")
             report = client.get(f"{API}/audit/verify", headers=headers).json()
             assert report["ok"] is False
-            assert report["first_bad_id"] == 4
-            assert report["description"].startswith("audit chain broken at event #4: event(s) #4 removed")
+            assert report["first_bad_id"] == 5
+            assert report["description"].startswith("audit chain broken at event #5: event(s) #5 removed")
     finally:
         assert serve.stop() == 0, serve.log
     assert '"audit.anchor_created"' in serve.log

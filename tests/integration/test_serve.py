@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -141,3 +143,25 @@ def test_readyz_needs_a_reachable_source(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
+
+
+def _config_events(config: Path) -> list[dict[str, object]]:
+    db = config.parent / "querybase.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT payload FROM audit_events WHERE kind = 'config.changed' ORDER BY id"
+        ).fetchall()
+    return [json.loads(payload) for (payload,) in rows]
+
+
+def test_configuration_changes_are_audited(tmp_path: Path) -> None:
+    config = init_home(tmp_path / "qb")
+    for extra_env in ({}, {}, {"QUERYBASE_LOG__READ_SAMPLE_RATE": "0.5", "QUERYBASE_AUDIT__BATCH_SIZE": "7"}):
+        serve = start_serve(config, env=extra_env)
+        assert serve.stop() == 0, serve.log
+    events = _config_events(config)
+    assert len(events) == 2  # the first start, then the start with other settings; not the repeat
+    assert events[0]["first"] is True
+    assert events[1]["changed"] == ["audit.batch_size", "log.read_sample_rate"]
+    assert all(len(str(h)) == 64 for h in events[1]["settings"].values())  # type: ignore[union-attr]
+    assert "0.5" not in json.dumps(events[1])  # values are hashed, never stored
