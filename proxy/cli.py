@@ -6,7 +6,11 @@ one line `querybase: error: …` on stderr and exit 1 (usage errors exit 2, from
 
 `querybase requests …` acts as a named QueryBase user (`--as USER` or an API token) through
 `proxy.changes.ChangeService`, so it enforces the admin API's rules; its errors print
-`querybase: error: CODE: …` and exit per class (REQUEST_EXIT_CODES, docs/cli-requests.md).
+`querybase: error: CODE: …` and exit per class (REQUEST_EXIT_CODES).
+
+The catalog verbs go through the same `Catalog` methods and `admin_api.tokens` functions as the
+admin API, so they enforce its rules and audit the same events (actor `cli:<os user>`). Every
+command, option and exit code is in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from sqlalchemy import func, select
 from policies.types import Level
 from proxy import audit
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
-from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
+from proxy.errors import InvalidInput, NotFound, QueryBaseError, StoreError, Unauthorized
 from proxy.store import requests as rq
 from proxy.store.catalog import PG_AUTH_METHODS, Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
@@ -240,16 +244,32 @@ async def cmd_user_passwd(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_user_disable(ctx: Context, args: argparse.Namespace) -> int:
+    # update_user, as the API's PATCH: it refuses to disable the last active admin.
     await ctx.require_current_schema()
-    await ctx.catalog().set_active(args.name, False, actor=ctx.actor)
+    await ctx.catalog().update_user(args.name, active=False, actor=ctx.actor)
     ctx.print(f"user {args.name!r} disabled")
     return 0
 
 
 async def cmd_user_enable(ctx: Context, args: argparse.Namespace) -> int:
     await ctx.require_current_schema()
-    await ctx.catalog().set_active(args.name, True, actor=ctx.actor)
+    await ctx.catalog().update_user(args.name, active=True, actor=ctx.actor)
     ctx.print(f"user {args.name!r} enabled")
+    return 0
+
+
+async def cmd_user_set(ctx: Context, args: argparse.Namespace) -> int:
+    # Only the admin flag: active is `user enable` / `user disable`, the password `user passwd`.
+    await ctx.require_current_schema()
+    view = await ctx.catalog().update_user(args.name, admin=args.admin, actor=ctx.actor)
+    ctx.print(f"user {view.name!r} is {'an admin' if view.admin else 'not an admin'}")
+    return 0
+
+
+async def cmd_user_remove(ctx: Context, args: argparse.Namespace) -> int:
+    await ctx.require_current_schema()
+    await ctx.catalog().remove_user(args.name, actor=ctx.actor)
+    ctx.print(f"user {args.name!r} removed, with their memberships and API tokens")
     return 0
 
 
@@ -270,6 +290,13 @@ async def cmd_group_list(ctx: Context, args: argparse.Namespace) -> int:
         print_json(ctx, [asdict(g) for g in groups])
     else:
         print_table(ctx, ["name", "members"], [(g.name, g.members) for g in groups])
+    return 0
+
+
+async def cmd_group_remove(ctx: Context, args: argparse.Namespace) -> int:
+    await ctx.require_current_schema()
+    await ctx.catalog().remove_group(args.name, actor=ctx.actor)
+    ctx.print(f"group {args.name!r} removed, with its memberships and grants")
     return 0
 
 
@@ -322,6 +349,84 @@ async def cmd_source_add(ctx: Context, args: argparse.Namespace) -> int:
     await catalog.add_source(spec, read_password=read_pw, write_password=write_pw, actor=ctx.actor)
     ctx.print(f"source {args.name!r} added ({engine.value} {spec.host}:{spec.port}/{spec.database})")
     return 0
+
+
+async def cmd_source_set(ctx: Context, args: argparse.Namespace) -> int:
+    changes = source_changes(args, ctx.environ)
+    if not changes:
+        raise InvalidInput("nothing to change: give at least one option (see `querybase source set -h`)")
+    await ctx.require_current_schema()
+    catalog = ctx.catalog(with_key=any(k in changes for k in ("read_password", "write_password")))
+    await catalog.update_source(args.name, changes, actor=ctx.actor)
+    ctx.print(f"source {args.name!r} updated: {', '.join(sorted(changes))}")
+    return 0
+
+
+# `source set` options that map one to one onto a MUTABLE_SOURCE_FIELDS key.
+_SOURCE_SET_FIELDS = {
+    "host": "host",
+    "port": "port",
+    "database": "database",
+    "user": "read_user",
+    "write_user": "write_user",
+    "tls": "tls",
+    "pool_size": "pool_size",
+    "pool_timeout": "pool_timeout_seconds",
+    "approvals": "approvals_required",
+    "ddl_approvals": "ddl_approvals_required",
+    "block_ddl": "block_ddl",
+    "request_ttl": "request_ttl_seconds",
+    "hold_wait": "hold_wait_seconds",
+}
+
+
+def source_changes(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The `Catalog.update_source` changes `source set` was given: only the options present.
+
+    Passwords come from the environment or stdin (one line each; not both from stdin), never argv.
+    A `--no-…` / `--all-schemas` option puts None, which clears the field as the API's null does.
+    """
+    changes: dict[str, Any] = {
+        key: getattr(args, option)
+        for option, key in _SOURCE_SET_FIELDS.items()
+        if getattr(args, option) is not None
+    }
+    if args.no_write_user:
+        if args.write_password_env or args.write_password_stdin:
+            raise InvalidInput("--no-write-user clears the write password too; drop --write-password-…")
+        changes["write_user"] = None
+    if args.no_ddl_approvals:
+        changes["ddl_approvals_required"] = None
+    if args.all_schemas:
+        changes["allowed_schemas"] = None
+    elif args.schemas is not None:
+        changes["allowed_schemas"] = tuple(s.strip() for s in args.schemas.split(","))
+    if changes.get("write_user") == "":
+        raise InvalidInput("--write-user must not be empty (use --no-write-user to remove it)")
+    if args.password_stdin and args.write_password_stdin:
+        raise InvalidInput("--password-stdin and --write-password-stdin: stdin holds only one password")
+    if args.no_password:
+        changes["read_password"] = None
+    elif args.password_env or args.password_stdin:
+        changes["read_password"] = _given_password("--password", args.password_env, environ)
+    if args.write_password_env or args.write_password_stdin:
+        changes["write_password"] = _given_password("--write-password", args.write_password_env, environ)
+    return changes
+
+
+def _given_password(option: str, var: str | None, environ: Mapping[str, str]) -> str:
+    if var:
+        value = _password_from_env(var, environ)
+        where = f"{option}-env: ${var}"
+    else:
+        line = sys.stdin.readline()
+        if not line:
+            raise InvalidInput(f"{option}-stdin: standard input is empty")
+        value, where = line.rstrip("\r\n"), f"{option}-stdin"
+    if not value:  # an empty password would clear it: say so explicitly instead
+        clear = "--no-password" if option == "--password" else "--no-write-user"
+        raise InvalidInput(f"{where} is empty; to clear the password use {clear}")
+    return value
 
 
 async def cmd_source_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -423,6 +528,90 @@ async def cmd_grant_list(ctx: Context, args: argparse.Namespace) -> int:
         print_json(ctx, [asdict(g) for g in grants])
     else:
         print_table(ctx, ["group", "source", "level"], [(g.group, g.source, g.level) for g in grants])
+    return 0
+
+
+# ------------------------------------------------------------------------------------ tokens
+
+TOKEN_NAME_MAX = 63  # the admin API's bounds (admin_api/auth.py ApiTokenCreate)
+TOKEN_DAYS_MAX = 3650
+
+
+async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
+    from admin_api import tokens
+
+    if not 1 <= len(args.name) <= TOKEN_NAME_MAX:
+        raise InvalidInput(f"--name: 1-{TOKEN_NAME_MAX} characters")
+    if args.expires_days is not None and not 1 <= args.expires_days <= TOKEN_DAYS_MAX:
+        raise InvalidInput(f"--expires-days: must be 1-{TOKEN_DAYS_MAX}")
+    await ctx.require_current_schema()
+    try:
+        text, view = await tokens.create_api_token(
+            ctx.store, user=args.user, name=args.name, expires_in_days=args.expires_days, actor=ctx.actor
+        )
+    except NotFound as exc:  # audited like the API's POST /tokens
+        await tokens.audit_event(
+            ctx.store,
+            "api.token_create_failed",
+            actor=ctx.actor,
+            subject=args.user,
+            payload={"name": args.name, "reason": exc.message},
+        )
+        raise
+    # The token alone on stdout, so `TOKEN=$(querybase token create …)` works; the note on stderr.
+    ctx.print(text)
+    expires = f"expires {_when(view.expires_at)}" if view.expires_at else "never expires"
+    print(
+        f"querybase: API token {view.id} {view.name!r} for user {view.user!r} created ({expires}); "
+        "it is shown only this once",
+        file=ctx.err,
+    )
+    return 0
+
+
+async def cmd_token_list(ctx: Context, args: argparse.Namespace) -> int:
+    from admin_api import tokens
+
+    await ctx.require_current_schema()
+    views = await tokens.list_api_tokens(ctx.store)
+    if args.json:
+        print_request_json(ctx, [asdict(v) for v in views])
+        return 0
+    print_table(
+        ctx,
+        ["id", "name", "user", "created_by", "created", "expires", "revoked", "last_used"],
+        [
+            (
+                v.id,
+                v.name,
+                v.user,
+                v.created_by,
+                _when(v.created_at),
+                _when(v.expires_at),
+                _when(v.revoked_at),
+                _when(v.last_used_at),
+            )
+            for v in views
+        ],
+    )
+    return 0
+
+
+async def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
+    from admin_api import tokens
+
+    await ctx.require_current_schema()
+    try:
+        await tokens.revoke_api_token(ctx.store, args.id, actor=ctx.actor)
+    except NotFound as exc:  # audited like the API's DELETE /tokens/{id}
+        await tokens.audit_event(
+            ctx.store,
+            "api.token_revoke_failed",
+            actor=ctx.actor,
+            payload={"token_id": args.id, "reason": exc.message},
+        )
+        raise
+    ctx.print(f"API token {args.id} revoked")
     return 0
 
 
@@ -887,10 +1076,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(users, "disable", cmd_user_disable, "stop a user from logging in").add_argument("name")
     add(users, "enable", cmd_user_enable, "let a disabled user log in again").add_argument("name")
+    sub = add(users, "set", cmd_user_set, "make a user an admin, or no longer one")
+    sub.add_argument("name")
+    admin_flag = sub.add_mutually_exclusive_group(required=True)
+    admin_flag.add_argument(
+        "--admin", dest="admin", action="store_true", default=None, help="may manage the catalog"
+    )
+    admin_flag.add_argument("--no-admin", dest="admin", action="store_false", help="no longer an admin")
+    add(
+        users, "remove", cmd_user_remove, "delete a user (refused for the last admin or one with requests)"
+    ).add_argument("name")
 
     groups = group("group", "manage groups and their members")
     add(groups, "add", cmd_group_add, "create a group").add_argument("name")
     add(groups, "list", cmd_group_list, "list groups with their members", [as_json])
+    add(groups, "remove", cmd_group_remove, "delete a group with its memberships and grants").add_argument(
+        "name"
+    )
     members = group("member", "add or remove group members", groups)
     for verb, handler in (("add", cmd_member_add), ("remove", cmd_member_remove)):
         sub = add(members, verb, handler, f"{verb} a member")
@@ -917,6 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a client waits for a free upstream connection (default 10)",
     )
+    sub = add(sources, "set", cmd_source_set, "change some settings of a source (only those given)")
+    add_source_set_options(sub)
     add(sources, "list", cmd_source_list, "list sources", [as_json])
     add(sources, "show", cmd_source_show, "show one source", [as_json]).add_argument("name")
     add(sources, "test", cmd_source_test, "log in upstream with the source's logins", [as_json]).add_argument(
@@ -939,6 +1143,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("group")
     sub.add_argument("source")
     sub.add_argument("level", choices=levels)
+
+    api_tokens = group("token", "mint, list and revoke admin API tokens")
+    sub = add(api_tokens, "create", cmd_token_create, "mint a token acting as a user; prints it once")
+    sub.add_argument("--user", required=True, help="the user the token acts as")
+    sub.add_argument("--name", required=True, metavar="LABEL", help="what uses the token, e.g. ci")
+    sub.add_argument("--expires-days", type=int, metavar="N", help="expire after N days (default: never)")
+    add(api_tokens, "list", cmd_token_list, "list tokens, revoked ones included; never their text", [as_json])
+    sub = add(api_tokens, "revoke", cmd_token_revoke, "revoke a token; it stops working at once")
+    sub.add_argument("id", type=int)
 
     audits = group("audit", "inspect the audit log")
     add(audits, "verify", cmd_audit_verify, "check the audit hash chain and its anchor", [as_json])
@@ -983,6 +1196,46 @@ def build_parser() -> argparse.ArgumentParser:
     script.add_argument("--file", metavar="PATH", help="read the script from PATH (- for stdin)")
     script.add_argument("--sql", metavar="TEXT", help="the script itself")
     return parser
+
+
+def add_source_set_options(sub: argparse.ArgumentParser) -> None:
+    """`source set`: every option defaults to None (unchanged); pairs are mutually exclusive."""
+    sub.add_argument("name")
+    sub.add_argument("--host")
+    sub.add_argument("--port", type=int)
+    sub.add_argument("--database")
+    sub.add_argument("--user", help="the upstream read login")
+    read_pw = sub.add_mutually_exclusive_group()
+    read_pw.add_argument("--password-env", metavar="VAR", help="new read password from $VAR")
+    read_pw.add_argument("--password-stdin", action="store_true", help="new read password from stdin")
+    read_pw.add_argument("--no-password", action="store_true", help="clear the read password")
+    write_user = sub.add_mutually_exclusive_group()
+    write_user.add_argument("--write-user", metavar="USER", help="the upstream login that runs changes")
+    write_user.add_argument(
+        "--no-write-user", action="store_true", help="remove the write login and its password"
+    )
+    write_pw = sub.add_mutually_exclusive_group()
+    write_pw.add_argument("--write-password-env", metavar="VAR", help="new write password from $VAR")
+    write_pw.add_argument("--write-password-stdin", action="store_true", help="new write password from stdin")
+    sub.add_argument("--tls", choices=[t.value for t in UpstreamTLS])
+    sub.add_argument("--pool-size", type=int, metavar="N")
+    sub.add_argument("--pool-timeout", type=float, metavar="SECONDS")
+    sub.add_argument("--approvals", type=int, metavar="N", help="approvals a change request needs")
+    ddl = sub.add_mutually_exclusive_group()
+    ddl.add_argument("--ddl-approvals", type=int, metavar="N", help="approvals a DDL request needs")
+    ddl.add_argument("--no-ddl-approvals", action="store_true", help="DDL needs --approvals, like DML")
+    block = sub.add_mutually_exclusive_group()
+    block.add_argument(
+        "--block-ddl", dest="block_ddl", action="store_true", default=None, help="refuse DDL on this source"
+    )
+    block.add_argument("--allow-ddl", dest="block_ddl", action="store_false", help="DDL as other writes")
+    sub.add_argument("--request-ttl", type=int, metavar="SECONDS", help="pending requests expire after this")
+    sub.add_argument(
+        "--hold-wait", type=int, metavar="SECONDS", help="a held statement waits for approval (0: no wait)"
+    )
+    schemas = sub.add_mutually_exclusive_group()
+    schemas.add_argument("--schemas", metavar="A,B", help="only these schemas (comma-separated)")
+    schemas.add_argument("--all-schemas", action="store_true", help="no schema restriction")
 
 
 async def _grant_or_list(ctx: Context, args: argparse.Namespace) -> int:
