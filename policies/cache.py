@@ -64,11 +64,15 @@ _CONSTANT_FREE_HEADS = ("select", "insert", "update", "delete", "with", "values"
 
 
 class FingerprintLevel:
-    """The second-level PostgreSQL cache described in the module docstring."""
+    """The second-level cache described in the module docstring: `classify` behind an LRU keyed by
+    `key(sql)`, a literal-insensitive form (None: not eligible, classify every time)."""
 
-    __slots__ = ("_entries", "_maxsize", "hits", "misses")
+    __slots__ = ("_classify", "_entries", "_maxsize", "hits", "misses")
 
-    def __init__(self, maxsize: int = CACHE_SIZE) -> None:
+    def __init__(
+        self, classify: Callable[[str], Classification] = pg.classify, maxsize: int = CACHE_SIZE
+    ) -> None:
+        self._classify = classify
         self._entries: OrderedDict[str, Classification] = OrderedDict()
         self._maxsize = maxsize
         self.hits = 0
@@ -82,20 +86,26 @@ class FingerprintLevel:
         head = sql.lstrip()[:6].lower()
         return head.startswith(_CONSTANT_FREE_HEADS) and "\x00" not in sql and "set_config" not in sql.lower()
 
-    def classify(self, sql: str) -> Classification:
+    def key(self, sql: str) -> str | None:
+        """PostgreSQL: pglast's fingerprint of an eligible statement."""
         if not self.eligible(sql):
-            return pg.classify(sql)
+            return None
         try:
-            key = fingerprint(sql)
+            return str(fingerprint(sql))
         except (ParseError, UnicodeError):
-            return pg.classify(sql)
+            return None
+
+    def classify(self, sql: str) -> Classification:
+        key = self.key(sql)
+        if key is None:
+            return self._classify(sql)
         found = self._entries.get(key)
         if found is not None:
             self._entries.move_to_end(key)
             self.hits += 1
             return found
         self.misses += 1
-        result = pg.classify(sql)
+        result = self._classify(sql)
         if result.statements == 1:
             self._entries[key] = result
             if len(self._entries) > self._maxsize:
@@ -141,8 +151,10 @@ class MySQLFingerprintLevel(FingerprintLevel):
 
     __slots__ = ()
 
-    @staticmethod
-    def key(sql: str) -> str | None:
+    def __init__(self, maxsize: int = CACHE_SIZE) -> None:
+        super().__init__(mysql.classify, maxsize)
+
+    def key(self, sql: str) -> str | None:
         """The literal-insensitive key, or None when the text is not eligible."""
         if "/*" in sql or "\x00" in sql:
             return None
@@ -160,23 +172,6 @@ class MySQLFingerprintLevel(FingerprintLevel):
                 return None  # several statements
             parts.append(kind.name if kind in _MYSQL_LITERALS else f"{kind.name}:{token.text}")
         return "\x1f".join(parts)
-
-    def classify(self, sql: str) -> Classification:
-        key = self.key(sql)
-        if key is None:
-            return mysql.classify(sql)
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return found
-        self.misses += 1
-        result = mysql.classify(sql)
-        if result.statements == 1:
-            self._entries[key] = result
-            if len(self._entries) > self._maxsize:
-                self._entries.popitem(last=False)
-        return result
 
 
 pg_fingerprint_level = FingerprintLevel()
