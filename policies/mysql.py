@@ -958,3 +958,35 @@ def count_placeholders(sql: str) -> int:
     except Exception:  # the tokenizer's own errors: the caller then fails the PREPARE
         return -1
     return sum(1 for token in tokens if token.token_type is TokenType.PLACEHOLDER)
+
+
+_TRANSACTION_HEADS = frozenset(
+    {
+        "BEGIN",
+        "START",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+        "XA",
+        "LOCK TABLES",
+        "UNLOCK TABLES",
+        "LOCK",
+        "UNLOCK",
+    }
+)
+
+
+def controls_transactions(sql: str) -> bool:
+    """Whether the text begins, ends or locks transactions itself (or changes autocommit): the
+    executor runs a change request in one transaction of its own and refuses such text."""
+    try:
+        sql = _unwrap_executable_comments(sql)
+        chunks = _split(_tokenize(sql))
+    except Exception:  # unreadable text fails in the database, not here
+        return False
+    for chunk in chunks:
+        words = _Stmt(chunk, sql).words
+        if words and (words[0] in _TRANSACTION_HEADS or (words[0] == "SET" and "AUTOCOMMIT" in words)):
+            return True
+    return False

@@ -756,3 +756,14 @@ def classify(sql: str) -> Classification:
             statements=len(statements),
             reason=f"classifier error: {type(exc).__name__}: {_first_line(str(exc))}",
         )
+
+
+def controls_transactions(sql: str) -> bool:
+    """Whether the text begins, ends or prepares transactions itself (BEGIN, COMMIT, ROLLBACK,
+    SAVEPOINT, PREPARE TRANSACTION…): the executor runs a change request in one transaction of
+    its own and refuses such text."""
+    try:
+        statements = parse_sql(sql)
+    except Exception:  # unparseable text fails in the database, not here
+        return False
+    return any(isinstance(raw.stmt, ast.TransactionStmt) for raw in statements)

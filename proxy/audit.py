@@ -38,10 +38,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 import structlog
-from sqlalchemy import Connection, Engine, event, select, text
+from sqlalchemy import Connection, Engine, Table, event, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("querybase.audit")
 
+AUDIT_TABLE = cast(Table, AuditEvent.__table__)
 GENESIS_HASH = "0" * 64
 _CHAIN_LOCK_ID = 0x51425F41  # "QB_A": serialises appends on a shared PostgreSQL store
 ANCHOR_SUFFIX = ".audit-anchor"
@@ -374,26 +375,55 @@ class PendingEvent(NamedTuple):
     at: float  # time.time() when it was recorded
 
 
-def _pending_to_row(pending: PendingEvent, event_id: int, prev_hash: str) -> AuditEvent:
-    payload = pending.payload or {}
-    try:
-        json.dumps(payload, ensure_ascii=False)
-    except (TypeError, ValueError):
-        # A caller's bug must not wedge the queue; the event is kept, its payload replaced.
-        log.error("audit.unserialisable_payload", kind=pending.kind)
-        payload = {"unserialisable_payload": repr(payload)[:2000]}
-    row = AuditEvent(
-        id=event_id,
-        occurred_at=datetime.fromtimestamp(pending.at, UTC),
-        kind=pending.kind,
-        actor=pending.actor,
-        source=pending.source,
-        subject=pending.subject,
-        payload=payload,
-        prev_hash=prev_hash,
-    )
-    row.hash = event_hash(row)
-    return row
+def _batch_rows(batch: list[PendingEvent], prev_id: int, prev_hash: str) -> list[dict[str, Any]]:
+    """The chained rows of `batch` after (prev_id, prev_hash): plain dicts for one executemany.
+    Pure CPU (canonical JSON and SHA-256 per event), so the writer runs it off the event loop."""
+    rows = []
+    for pending in batch:
+        prev_id += 1
+        occurred_at = datetime.fromtimestamp(pending.at, UTC)
+        payload = pending.payload or {}
+        try:
+            body = canonical_json(
+                event_id=prev_id,
+                occurred_at=occurred_at,
+                kind=pending.kind,
+                actor=pending.actor,
+                source=pending.source,
+                subject=pending.subject,
+                payload=payload,
+                prev_hash=prev_hash,
+            )
+        except (TypeError, ValueError):
+            # A caller's bug must not wedge the queue; the event is kept, its payload replaced.
+            log.error("audit.unserialisable_payload", kind=pending.kind)
+            payload = {"unserialisable_payload": repr(payload)[:2000]}
+            body = canonical_json(
+                event_id=prev_id,
+                occurred_at=occurred_at,
+                kind=pending.kind,
+                actor=pending.actor,
+                source=pending.source,
+                subject=pending.subject,
+                payload=payload,
+                prev_hash=prev_hash,
+            )
+        digest = hashlib.sha256(body).hexdigest()
+        rows.append(
+            {
+                "id": prev_id,
+                "occurred_at": occurred_at,
+                "kind": pending.kind,
+                "actor": pending.actor,
+                "source": pending.source,
+                "subject": pending.subject,
+                "payload": payload,
+                "prev_hash": prev_hash,
+                "hash": digest,
+            }
+        )
+        prev_hash = digest
+    return rows
 
 
 async def append_batch(session: AsyncSession, batch: list[PendingEvent]) -> tuple[int, str]:
@@ -401,15 +431,9 @@ async def append_batch(session: AsyncSession, batch: list[PendingEvent]) -> tupl
 
     Unlike `append()`, this does not move the anchor: the caller does, after its commit."""
     prev_id, prev_hash = await _lock_chain(session)
-    rows = []
-    for pending in batch:
-        prev_id += 1
-        row = _pending_to_row(pending, prev_id, prev_hash)
-        prev_hash = row.hash
-        rows.append(row)
-    session.add_all(rows)
-    await session.flush()
-    return prev_id, prev_hash
+    rows = await asyncio.to_thread(_batch_rows, batch, prev_id, prev_hash)
+    await session.execute(insert(AUDIT_TABLE), rows)  # Core executemany, no ORM objects
+    return rows[-1]["id"], rows[-1]["hash"]
 
 
 async def _already_appended(session: AsyncSession, pending: PendingEvent) -> tuple[int, str] | None:
@@ -580,6 +604,11 @@ class AuditWriter:
     dies or `close()` gives up on an unreachable store (which logs how many were not written).
     `record()` on a full queue drops the event, counts it in `dropped` and logs an error; that
     happens only to callers that went on while unhealthy (reads under `on_failure = "allow"`).
+
+    Backpressure: once the queue passes three quarters of its size, `congested` is True until it
+    has drained to half; sessions then stop reading their clients (after the statement at hand)
+    and wait for `room()`, so load beyond what the store can record slows clients down instead
+    of filling the queue and refusing statements.
     """
 
     def __init__(
@@ -601,6 +630,11 @@ class AuditWriter:
         self.on_health_change = on_health_change
         self.healthy = True
         self.reason: str | None = None  # why not healthy
+        self.congested = False  # the queue is filling faster than the store takes it: slow down
+        self._high_water = max(1, queue_size * 3 // 4)
+        self._low_water = queue_size // 2
+        self._room = asyncio.Event()
+        self._room.set()
         self.written = 0
         self.dropped = 0
         self._queue: asyncio.Queue[PendingEvent] = asyncio.Queue(queue_size)
@@ -661,6 +695,19 @@ class AuditWriter:
         if self._queue.full():
             self._full = True
             self._refresh_health()
+        elif not self.congested and self._queue.qsize() >= self._high_water:
+            self.congested = True
+            self._room.clear()
+            log.warning("audit.congested", queued=self._queue.qsize(), queue_size=self._queue_size)
+
+    async def room(self) -> None:
+        """Return once the writer is no longer congested (or at once if it is not)."""
+        await self._room.wait()
+
+    def _uncongest(self) -> None:
+        if self.congested and (self._queue.qsize() <= self._low_water or self._closed):
+            self.congested = False
+            self._room.set()
 
     def admits(self, *, read: bool) -> bool:
         """May an action go ahead now? Writes, holds and approvals only while healthy; reads also
@@ -753,6 +800,7 @@ class AuditWriter:
             log.error("audit.writer_crashed", error=repr(task.exception()))
             self._closed = True
             self._refresh_health()
+            self._uncongest()
 
     async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109 - the budget is the API
         """Wait until every event accepted so far is committed; False if `timeout` passed first."""
@@ -784,6 +832,7 @@ class AuditWriter:
         # Closed is not a failure worth an error line: later record() calls are dropped and logged.
         self._closed = True
         self.healthy, self.reason = False, "writer closed"
+        self._uncongest()  # nobody may wait for room that will never come
 
     # the background task ----------------------------------------------------------------------
 
@@ -834,6 +883,7 @@ class AuditWriter:
                 await self._advance(*head)
             if self._full and self._queue.qsize() <= self._queue_size // 2:
                 self._full = False
+            self._uncongest()
             self._refresh_health()
             self._inflight = 0
             for _ in batch:

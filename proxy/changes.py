@@ -21,7 +21,7 @@ from policies.decide import decide
 from policies.types import Action, Kind, SourcePolicy
 from proxy import metrics
 from proxy.errors import Forbidden, InvalidInput, QueryBaseError
-from proxy.executor import Executor
+from proxy.executor import Executor, controls_transactions
 from proxy.store import requests as rq
 from proxy.store.catalog import Catalog
 from proxy.store.db import Store
@@ -94,6 +94,11 @@ class ChangeService:
         classification = classify(text)
         if classification.kind in (Kind.READ, Kind.TRANSACTION, Kind.SESSION):
             raise InvalidInput("the script changes nothing (it only reads); run it directly instead")
+        if controls_transactions(view.engine, text):
+            raise InvalidInput(
+                "the script controls transactions itself (BEGIN, COMMIT, …): leave them out, "
+                "QueryBase runs the whole script in one transaction"
+            )
         # Judge it as a proposer would be judged: privileged statements and blocked DDL stay refused.
         verdict = decide(classification, level, SourcePolicy(block_ddl=view.block_ddl))
         if verdict.action is Action.DENY or level is None or level.value == "read":

@@ -45,6 +45,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from policies import mysql as mysql_policy
+from policies import pg as pg_policy
 from policies.types import Kind
 from proxy import metrics
 from proxy.errors import QueryBaseError
@@ -61,6 +63,10 @@ from proxy.store.models import RequestStatus, utcnow
 log = structlog.get_logger("querybase.executor")
 
 RETURNING_ROWS = 100
+TRANSACTION_CONTROL = (
+    "the statement controls transactions itself (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, XA, LOCK TABLES or "
+    "autocommit): QueryBase runs a change request in one transaction of its own, so it did not run it"
+)
 NOT_STARTED = "interrupted before the statement ran (no transaction was recorded); nothing was applied"
 DDL_INTERRUPTED = "interrupted while running DDL, which MySQL cannot run in a transaction: check by hand"
 FAULT_ENV = "QUERYBASE_TEST_FAULT"
@@ -79,6 +85,12 @@ def fault(point: str) -> None:
     if os.environ.get(FAULT_ENV) == point:
         log.warning("test_fault", point=point)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def controls_transactions(engine: str, text: str) -> bool:
+    if engine == "postgresql":
+        return pg_policy.controls_transactions(text)
+    return mysql_policy.controls_transactions(text)
 
 
 def executor_name() -> str:
@@ -594,6 +606,10 @@ class Executor:
         try:
             creds = await self.catalog.source_credentials(claimed.source)
             target = upstream_target(creds, "write")
+            if controls_transactions(creds.view.engine, claimed.text):
+                raise StatementFailed(
+                    TRANSACTION_CONTROL, "25000" if creds.view.engine == "postgresql" else None
+                )
             if creds.view.engine == "postgresql":
                 result = await _pg_execute(claimed, target, self.store)
             else:

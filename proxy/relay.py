@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from proxy.errors import QueryBaseError
 from proxy.pool import Pool, Pooled, UpstreamConnectError
 from proxy.store.catalog import SourceCredentials
+
+if TYPE_CHECKING:
+    from proxy.audit import AuditWriter
 
 CONNECT_TIMEOUT = 10.0
 Params = tuple[tuple[str, str], ...]
@@ -142,6 +145,21 @@ class RelaySession(asyncio.BaseProtocol):
         self._paused.discard(reason)
         if not self._paused and self.transport is not None and not self._closed:
             self.transport.resume_reading()
+
+    def _process(self) -> None:
+        """Act on what the client sent (the protocol's own session implements it)."""
+        raise NotImplementedError
+
+    def _audit_backpressure(self, writer: AuditWriter | None) -> None:
+        """The audit writer is congested: stop reading this client until it has room again."""
+        if writer is not None and writer.congested and "audit" not in self._paused:
+            self._pause("audit")
+            self._spawn(self._await_audit_room(writer))
+
+    async def _await_audit_room(self, writer: AuditWriter) -> None:
+        await writer.room()
+        self._resume("audit")
+        self._process()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -710,6 +710,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         )
         if refusal is not None:
             raise MySQLError(1105, "HY000", refusal)
+        self._audit_backpressure(self.f.audit)
         return verdict
 
     def _count(self, verdict: Verdict) -> None:

@@ -657,6 +657,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         if refusal is not None:  # the audit log cannot record it: refused (58000), not run
             self._audit_refusal = refusal
             return Verdict(action=Action.DENY, kind=verdict.kind, reason=refusal)
+        self._audit_backpressure(self.f.audit)
         return verdict
 
     def _arrival(self) -> float:

@@ -404,3 +404,21 @@ def test_execution_connection_killed_mid_statement_is_resolved_from_the_database
     assert final["status"] == "failed", final
     assert "rolled the transaction back" in final["execution"]["error_message"]
     assert gateway.rows("SELECT name FROM items WHERE id = 1") == [["apple"]]
+
+
+def test_text_that_controls_transactions_is_not_run(gateway: Gateway, items: None) -> None:
+    # Held over the wire with a COMMIT inside: the executor refuses to run it (its own
+    # transaction is what makes the request exactly once), and records why.
+    request_id = hold_with_psql(gateway, "alice", "UPDATE items SET name = 'x' WHERE id = 1; COMMIT")
+    bob = api(gateway, "bob")
+    bob.ok("POST", f"/requests/{request_id}/approve")
+    final = bob.wait_final(request_id)
+    assert final["status"] == "failed", final
+    assert "controls transactions itself" in final["execution"]["error_message"]
+    assert gateway.rows("SELECT name FROM items WHERE id = 1") == [["apple"]]
+    # A submitted script with BEGIN/COMMIT is refused up front.
+    answer = api(gateway, "alice").call(
+        "POST", "/requests", {"source": SOURCE, "sql": "BEGIN; DELETE FROM items; COMMIT"}
+    )
+    assert answer.status_code == 422
+    assert "controls transactions" in answer.json()["message"]

@@ -339,3 +339,35 @@ async def test_close_on_a_locked_store_gives_up_loudly(
     assert lost[0]["log_level"] == "error"
     async with store.session() as session:
         assert (await session.execute(text("SELECT count(*) FROM audit_events"))).scalar() == 0
+
+
+async def test_congestion_slows_callers_instead_of_refusing(
+    store: Store, captured: list[dict[str, Any]]
+) -> None:
+    writer = audit.AuditWriter(store, queue_size=8, batch_size=2)
+    for n in range(5):
+        writer.record("statement", actor="alice", payload={"n": n})
+    assert not writer.congested  # below three quarters
+    writer.record("statement", actor="alice", payload={"n": 5})
+    assert writer.congested  # 6 of 8 queued: callers should wait for room
+    assert writer.healthy  # still healthy: nothing is refused
+    room = asyncio.ensure_future(writer.room())
+    await asyncio.sleep(0.05)
+    assert not room.done()
+    await writer.start()
+    await asyncio.wait_for(room, WAIT)  # drained to half: room again
+    assert not writer.congested
+    assert await writer.flush(WAIT)
+    await writer.close(WAIT)
+    assert [r.payload["n"] for r in await rows(store)] == list(range(6))
+    assert any(e["event"] == "audit.congested" for e in captured)
+
+
+async def test_close_releases_callers_waiting_for_room(store: Store) -> None:
+    writer = audit.AuditWriter(store, queue_size=4, batch_size=1)
+    for n in range(3):
+        writer.record("statement", actor="alice", payload={"n": n})
+    assert writer.congested
+    room = asyncio.ensure_future(writer.room())
+    await writer.close(0.1)  # never started: nothing drains, but nobody may wait forever
+    await asyncio.wait_for(room, 1)

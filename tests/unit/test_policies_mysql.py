@@ -623,3 +623,27 @@ def test_uncached_cost_is_reported() -> None:
     per_call = (time.perf_counter() - start) / runs * 1e6
     print(f"\nmysql.classify uncached: {per_call:.1f} µs/call")
     assert classify(sql).kind is Kind.READ
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("UPDATE t SET a = 1", False),
+        ("UPDATE t SET a = 1; COMMIT", True),
+        ("START TRANSACTION; DELETE FROM t", True),
+        ("BEGIN WORK", True),
+        ("ROLLBACK TO SAVEPOINT s", True),
+        ("SET autocommit = 0; DELETE FROM t", True),
+        ("SET @@autocommit = 1", True),
+        ("LOCK TABLES t WRITE", True),
+        ("UNLOCK TABLES", True),
+        ("XA START 'x'", True),
+        ("/*!40000 COMMIT */", True),
+        ("INSERT INTO t VALUES ('COMMIT')", False),
+        ("SELECT 'unterminated", False),
+    ],
+)
+def test_controls_transactions(sql: str, expected: bool) -> None:
+    from policies.mysql import controls_transactions
+
+    assert controls_transactions(sql) is expected

@@ -824,3 +824,22 @@ def test_cache_is_bounded_and_skips_long_texts() -> None:
     assert calls.count(long_sql) == 2
     cached.cache_clear()
     assert cached.cache_info().currsize == 0
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        ("UPDATE t SET a = 1", False),
+        ("UPDATE t SET a = 1; COMMIT", True),
+        ("BEGIN; DELETE FROM t", True),
+        ("SAVEPOINT s", True),
+        ("PREPARE TRANSACTION 'x'", True),
+        ("INSERT INTO t VALUES ('COMMIT')", False),
+        ("DO $$BEGIN NULL; END$$", False),
+        ("not sql at all", False),
+    ],
+)
+def test_controls_transactions(sql: str, expected: bool) -> None:
+    from policies.pg import controls_transactions
+
+    assert controls_transactions(sql) is expected
