@@ -436,6 +436,44 @@ async def append_batch(session: AsyncSession, batch: list[PendingEvent]) -> tupl
     return rows[-1]["id"], rows[-1]["hash"]
 
 
+def coalesce(batch: list[PendingEvent]) -> list[PendingEvent]:
+    """Merge a batch's forwarded `statement` events that are the same statement of the same
+    session (actor, source, connection, kind, text) into the first of them, with `count` and
+    `last_at` (ISO time of the last one) in its payload. Every verdict stays in the record;
+    repeated reads — prepared statements, ORM queries — cost one row per batch instead of one
+    each. Deterministic: a retried batch coalesces the same way. Holds, denials, writes and every
+    other kind are never merged."""
+    out: list[PendingEvent] = []
+    merged: dict[tuple[Any, ...], int] = {}
+    counts: dict[int, tuple[int, float]] = {}
+    for pending in batch:
+        payload = pending.payload
+        if pending.kind == "statement" and payload and payload.get("verdict") == "forward":
+            key = (
+                pending.actor,
+                pending.source,
+                pending.subject,
+                payload.get("kind"),
+                payload.get("statement"),
+            )
+            at = merged.get(key)
+            if at is not None:
+                count, _ = counts.get(at, (1, 0.0))
+                counts[at] = (count + 1, pending.at)
+                continue
+            merged[key] = len(out)
+        out.append(pending)
+    for at, (count, last) in counts.items():
+        first = out[at]
+        payload = {**(first.payload or {}), "count": count, "last_at": _iso(last)}
+        out[at] = first._replace(payload=payload)
+    return out
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="microseconds")
+
+
 async def _already_appended(session: AsyncSession, pending: PendingEvent) -> tuple[int, str] | None:
     """The stored copy of `pending`, if a commit that reported failure had in fact succeeded."""
     at = datetime.fromtimestamp(pending.at, UTC)
@@ -904,13 +942,14 @@ class AuditWriter:
             self._idle = False
 
     async def _commit(self, batch: list[PendingEvent], failed_before: bool) -> tuple[int, str] | None:
+        rows = coalesce(batch)
         async with self.store.write_session() as session, session.begin():
             if failed_before:
                 # The last attempt may have committed and only lost its answer: never append twice.
-                done = await _already_appended(session, batch[-1])
+                done = await _already_appended(session, rows[-1])
                 if done is not None:
                     return done
-            return await append_batch(session, batch)
+            return await append_batch(session, rows)
 
     async def _advance(self, event_id: int, event_hash: str) -> None:
         if self.anchor is None:

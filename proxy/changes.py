@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 
+import structlog
+
 from policies import mysql as mysql_policy
 from policies import pg as pg_policy
 from policies.decide import decide
@@ -28,6 +30,8 @@ from proxy.store.db import Store
 from proxy.store.models import Decision, utcnow
 
 MAX_SCRIPT = 1024 * 1024
+
+log = structlog.get_logger("querybase.changes")
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,15 @@ class ChangeService:
         stop = asyncio.ensure_future(cancel.wait())
         try:
             await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the session went away: stop polling for it
+            waiter.cancel()
+            raise
         finally:
             stop.cancel()
         if waiter.done():
+            if waiter.exception() is not None:  # the store could not be read: answer as still pending
+                log.warning("wait_failed", request=request_id, error=str(waiter.exception()))
+                return Waited(None)
             return Waited(waiter.result())
         waiter.cancel()
         with contextlib.suppress(QueryBaseError):  # decided meanwhile: it is no longer pending

@@ -1097,7 +1097,12 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             else:
                 in_transaction = self._status() & my.ServerStatus.SERVER_STATUS_IN_TRANS
                 if self.hold_wait > 0 and self.f.changes is not None and not in_transaction:
-                    await self._wait_for_decision(request_id)
+                    try:
+                        await self._wait_for_decision(request_id)
+                    except Exception as exc:  # the request stands; only the wait failed
+                        self.log.exception("held_wait_failed", request=request_id)
+                        reason = f"waiting failed: {type(exc).__name__}"
+                        self._send_err(_held_error(request_id, self.source, reason), 1)
                 else:
                     self._send_err(_held_error(request_id, self.source), 1)
         finally:

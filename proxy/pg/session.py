@@ -810,7 +810,11 @@ class PgSession(RelaySession, asyncio.Protocol):
             await self._upstream_idle()
             assert self.transport is not None
             if request_id is not None and self.status == b"I" and self.hold_wait > 0 and self.f.changes:
-                error = await self._wait_for_decision(request_id, extended)
+                try:
+                    error = await self._wait_for_decision(request_id, extended)
+                except Exception as exc:  # the request stands; only the wait failed
+                    self.log.exception("held_wait_failed", request=request_id)
+                    error = _held_error(request_id, self.source, f"waiting failed: {type(exc).__name__}")
             elif self.status == b"T" and self.upstream is not None:
                 # Inside a transaction block PostgreSQL would abort the transaction on this error;
                 # make the upstream do exactly that, so what follows behaves as it would there.

@@ -422,3 +422,31 @@ def test_text_that_controls_transactions_is_not_run(gateway: Gateway, items: Non
     )
     assert answer.status_code == 422
     assert "controls transactions" in answer.json()["message"]
+
+
+async def _leave_while_waiting(gw: Gateway) -> None:
+    conn = await asyncpg.connect(
+        host=gw.host, port=gw.port, user="alice", password=gw.passwords["alice"], database=SOURCE, ssl=False
+    )
+    waiting = asyncio.ensure_future(conn.execute("DELETE FROM items WHERE id = 3"))
+    await asyncio.sleep(1.0)
+    conn.terminate()  # the client goes away while it waits
+    with contextlib.suppress(Exception):
+        await waiting
+
+
+def test_waiting_client_that_leaves_keeps_its_request_pending(gateway: Gateway, items: None) -> None:
+    before = gateway.serve.log
+    alice = api(gateway, "alice")
+    known = {r["id"] for r in alice.ok("GET", "/requests", limit=500)["items"]}
+    with hold_wait(gateway, 20):
+        asyncio.run(_leave_while_waiting(gateway))
+        time.sleep(1.5)  # longer than the store poll of a wait that would still be running
+    new = [r for r in alice.ok("GET", "/requests", limit=500)["items"] if r["id"] not in known]
+    assert [(r["statement"], r["status"]) for r in new] == [("DELETE FROM items WHERE id = 3", "pending")]
+    alice.ok("POST", f"/requests/{new[0]['id']}/cancel")
+    new_log = gateway.serve.log[len(before) :]
+    assert "held_wait_failed" not in new_log
+    assert "exception was never retrieved" not in new_log
+    assert "Traceback" not in new_log
+    assert gateway.count() == 5

@@ -371,3 +371,51 @@ async def test_close_releases_callers_waiting_for_room(store: Store) -> None:
     room = asyncio.ensure_future(writer.room())
     await writer.close(0.1)  # never started: nothing drains, but nobody may wait forever
     await asyncio.wait_for(room, 1)
+
+
+def _statement(actor: str, text: str, verdict: str = "forward", at: float = 0.0) -> audit.PendingEvent:
+    payload = {"protocol": "mysql", "kind": "read", "verdict": verdict, "statement": text}
+    return audit.PendingEvent("statement", actor, "shop", f"mysql:{actor}", payload, at)
+
+
+def test_coalesce_merges_repeated_forwarded_statements_of_one_session() -> None:
+    batch = [
+        _statement("alice", "SELECT ?", at=1.0),
+        _statement("bob", "SELECT ?", at=2.0),
+        _statement("alice", "SELECT ?", at=3.0),
+        _statement("alice", "DELETE FROM t", verdict="hold", at=4.0),
+        _statement("alice", "DELETE FROM t", verdict="hold", at=5.0),
+        _statement("alice", "SELECT ?", at=6.0),
+    ]
+    out = audit.coalesce(batch)
+    assert [(e.actor, e.payload["verdict"], e.payload.get("count")) for e in out if e.payload] == [
+        ("alice", "forward", 3),
+        ("bob", "forward", None),
+        ("alice", "hold", None),
+        ("alice", "hold", None),  # holds are never merged: each is a change request
+    ]
+    assert out[0].at == 1.0
+    assert out[0].payload is not None
+    assert out[0].payload["last_at"] == "1970-01-01T00:00:06.000000+00:00"
+    assert batch[0].payload is not None
+    assert "count" not in batch[0].payload  # the queued events are not changed (a retry coalesces again)
+    assert audit.coalesce(batch) == out
+
+
+async def test_writer_stores_coalesced_statements_in_a_verifiable_chain(store: Store) -> None:
+    writer = audit.AuditWriter(store, batch_size=100)
+    for _ in range(50):
+        writer.record(
+            "statement",
+            actor="alice",
+            source="shop",
+            subject="mysql:1",
+            payload={"protocol": "mysql", "kind": "read", "verdict": "forward", "statement": "SELECT ?"},
+        )
+    await writer.start()
+    assert await writer.flush(WAIT)
+    await writer.close(WAIT)
+    stored = await rows(store)
+    assert len(stored) == 1
+    assert stored[0].payload["count"] == 50
+    assert (await verify(store, None)).ok
