@@ -154,4 +154,5 @@ def test_cli_and_serve_on_a_shared_postgresql_store(tmp_path: Path, localdb_dir:
         finally:
             assert serve.stop() == 0, serve.log
         verified = run_cli_in_process(config, "audit", "verify")
-        assert verified.stdout.strip() == "audit chain intact: 2 events"
+        # user.created (init), group.created, and serve's config.changed at its first start
+        assert verified.stdout.strip() == "audit chain intact: 3 events"
