@@ -699,7 +699,12 @@ class Executor:
         self._sweeper = asyncio.get_running_loop().create_task(loop())
 
     async def close(self, grace: float = 10.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        """Stop sweeping (and wait until the sweep has really stopped: it may be inside a store call
+        that must finish before the store closes), then give running executions `grace` seconds."""
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
