@@ -198,31 +198,41 @@ def _opt_utc(moment: datetime | None) -> datetime | None:
 async def create_api_token(
     store: Store, *, user: str, name: str, expires_in_days: int | None, actor: str
 ) -> tuple[str, ApiTokenView]:
-    """Mint a token for `user`; returns the token text (shown once) and its view."""
+    """Mint a token for `user`; returns the token text (shown once) and its view. An unknown user
+    is refused (NotFound) and the refusal audited, for every caller (API and CLI)."""
     token = new_api_token()
     now = utcnow()
     expires_at = now + timedelta(days=expires_in_days) if expires_in_days is not None else None
     async with store.write_session() as session, session.begin():
         user_id = await session.scalar(select(User.id).where(User.name == user))
-        if user_id is None:
-            raise NotFound(f"no user named {user!r}")
-        row = ApiToken(
-            name=name,
-            user_id=user_id,
-            token_hash=hash_api_token(token),
-            created_by=actor,
-            created_at=now,
-            expires_at=expires_at,
-        )
-        session.add(row)
-        await session.flush()
-        await audit.append(
-            session,
-            "api.token_created",
+        if user_id is not None:
+            row = ApiToken(
+                name=name,
+                user_id=user_id,
+                token_hash=hash_api_token(token),
+                created_by=actor,
+                created_at=now,
+                expires_at=expires_at,
+            )
+            session.add(row)
+            await session.flush()
+            await audit.append(
+                session,
+                "api.token_created",
+                actor=actor,
+                subject=user,
+                payload={"token_id": row.id, "name": name, "expires_at": _iso(expires_at)},
+            )
+    if user_id is None:
+        refused = NotFound(f"no user named {user!r}")
+        await audit_event(
+            store,
+            "api.token_create_failed",
             actor=actor,
             subject=user,
-            payload={"token_id": row.id, "name": name, "expires_at": _iso(expires_at)},
+            payload={"name": name, "reason": refused.message},
         )
+        raise refused
     return token, ApiTokenView(row.id, name, user, actor, now, expires_at, None, None)
 
 
@@ -251,7 +261,8 @@ async def list_api_tokens(store: Store) -> list[ApiTokenView]:
 
 
 async def revoke_api_token(store: Store, token_id: int, *, actor: str) -> None:
-    """Revoke a token; revoking one already revoked is a no-op that still succeeds."""
+    """Revoke a token; revoking one already revoked is a no-op that still succeeds. An unknown id
+    is refused (NotFound) and the refusal audited."""
     async with store.write_session() as session, session.begin():
         row = (
             await session.execute(
@@ -260,18 +271,26 @@ async def revoke_api_token(store: Store, token_id: int, *, actor: str) -> None:
                 .where(ApiToken.id == token_id)
             )
         ).first()
-        if row is None:
-            raise NotFound(f"no API token with id {token_id}")
-        token, user = row
-        if token.revoked_at is None:
-            token.revoked_at = utcnow()
-        await audit.append(
-            session,
-            "api.token_revoked",
-            actor=actor,
-            subject=user,
-            payload={"token_id": token_id, "name": token.name},
-        )
+        if row is not None:
+            token, user = row
+            if token.revoked_at is None:
+                token.revoked_at = utcnow()
+            await audit.append(
+                session,
+                "api.token_revoked",
+                actor=actor,
+                subject=user,
+                payload={"token_id": token_id, "name": token.name},
+            )
+            return
+    refused = NotFound(f"no API token with id {token_id}")
+    await audit_event(
+        store,
+        "api.token_revoke_failed",
+        actor=actor,
+        payload={"token_id": token_id, "reason": refused.message},
+    )
+    raise refused
 
 
 async def audit_event(

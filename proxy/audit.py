@@ -383,31 +383,22 @@ def _batch_rows(batch: list[PendingEvent], prev_id: int, prev_hash: str) -> list
         prev_id += 1
         occurred_at = datetime.fromtimestamp(pending.at, UTC)
         payload = pending.payload or {}
+        fields: dict[str, Any] = {
+            "event_id": prev_id,
+            "occurred_at": occurred_at,
+            "kind": pending.kind,
+            "actor": pending.actor,
+            "source": pending.source,
+            "subject": pending.subject,
+            "prev_hash": prev_hash,
+        }
         try:
-            body = canonical_json(
-                event_id=prev_id,
-                occurred_at=occurred_at,
-                kind=pending.kind,
-                actor=pending.actor,
-                source=pending.source,
-                subject=pending.subject,
-                payload=payload,
-                prev_hash=prev_hash,
-            )
+            body = canonical_json(payload=payload, **fields)
         except (TypeError, ValueError):
             # A caller's bug must not wedge the queue; the event is kept, its payload replaced.
             log.error("audit.unserialisable_payload", kind=pending.kind)
             payload = {"unserialisable_payload": repr(payload)[:2000]}
-            body = canonical_json(
-                event_id=prev_id,
-                occurred_at=occurred_at,
-                kind=pending.kind,
-                actor=pending.actor,
-                source=pending.source,
-                subject=pending.subject,
-                payload=payload,
-                prev_hash=prev_hash,
-            )
+            body = canonical_json(payload=payload, **fields)
         digest = hashlib.sha256(body).hexdigest()
         rows.append(
             {

@@ -37,7 +37,7 @@ from sqlalchemy import func, select
 from policies.types import Level
 from proxy import audit
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
-from proxy.errors import InvalidInput, NotFound, QueryBaseError, StoreError, Unauthorized
+from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
 from proxy.store import requests as rq
 from proxy.store.catalog import PG_AUTH_METHODS, Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
@@ -545,19 +545,9 @@ async def cmd_token_create(ctx: Context, args: argparse.Namespace) -> int:
     if args.expires_days is not None and not 1 <= args.expires_days <= TOKEN_DAYS_MAX:
         raise InvalidInput(f"--expires-days: must be 1-{TOKEN_DAYS_MAX}")
     await ctx.require_current_schema()
-    try:
-        text, view = await tokens.create_api_token(
-            ctx.store, user=args.user, name=args.name, expires_in_days=args.expires_days, actor=ctx.actor
-        )
-    except NotFound as exc:  # audited like the API's POST /tokens
-        await tokens.audit_event(
-            ctx.store,
-            "api.token_create_failed",
-            actor=ctx.actor,
-            subject=args.user,
-            payload={"name": args.name, "reason": exc.message},
-        )
-        raise
+    text, view = await tokens.create_api_token(
+        ctx.store, user=args.user, name=args.name, expires_in_days=args.expires_days, actor=ctx.actor
+    )
     # The token alone on stdout, so `TOKEN=$(querybase token create …)` works; the note on stderr.
     ctx.print(text)
     expires = f"expires {_when(view.expires_at)}" if view.expires_at else "never expires"
@@ -601,16 +591,7 @@ async def cmd_token_revoke(ctx: Context, args: argparse.Namespace) -> int:
     from admin_api import tokens
 
     await ctx.require_current_schema()
-    try:
-        await tokens.revoke_api_token(ctx.store, args.id, actor=ctx.actor)
-    except NotFound as exc:  # audited like the API's DELETE /tokens/{id}
-        await tokens.audit_event(
-            ctx.store,
-            "api.token_revoke_failed",
-            actor=ctx.actor,
-            payload={"token_id": args.id, "reason": exc.message},
-        )
-        raise
+    await tokens.revoke_api_token(ctx.store, args.id, actor=ctx.actor)  # refusals audited there
     ctx.print(f"API token {args.id} revoked")
     return 0
 

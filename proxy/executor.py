@@ -74,6 +74,7 @@ FAULT_POINTS = ("after_claim", "after_begin", "after_statement", "after_prepare"
 RECOVERY_WAIT = 30.0  # how long a crashed process's transaction may still look "in progress"
 STALE_EXECUTION = 3600.0  # an execution by a process on another host is presumed dead after this
 SWEEP_INTERVAL = 5.0
+_FINAL = frozenset(s.value for s in rq.FINAL)
 
 
 class Publisher(Protocol):
@@ -549,7 +550,7 @@ class Executor:
         metrics.CHANGE_REQUESTS.labels(view.source, view.status).inc()
         if self.publisher is not None:
             self.publisher.publish(event, event_payload(view, actor, comment))
-        if view.status in {s.value for s in rq.FINAL}:
+        if view.status in _FINAL:
             for waiter in self._waiters.pop(view.id, []):
                 if not waiter.done():
                     waiter.set_result(None)
@@ -561,7 +562,7 @@ class Executor:
         deadline = loop.time() + seconds
         while True:
             view = await rq.request_view(self.store, request_id)
-            if view.status in {s.value for s in rq.FINAL}:
+            if view.status in _FINAL:
                 return view
             left = deadline - loop.time()
             if left <= 0:

@@ -11,12 +11,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
+from policies.types import Kind, Level, SourcePolicy
 from proxy.errors import QueryBaseError
 from proxy.pool import Pool, Pooled, UpstreamConnectError
+from proxy.sessions import IDLE, WAITING, LiveSession
 from proxy.store.catalog import SourceCredentials
 
 if TYPE_CHECKING:
     from proxy.audit import AuditWriter
+    from proxy.changes import ChangeService, Waited
 
 CONNECT_TIMEOUT = 10.0
 Params = tuple[tuple[str, str], ...]
@@ -112,13 +115,41 @@ class RelaySession(asyncio.BaseProtocol):
     Subclasses add `asyncio.Protocol` or `asyncio.BufferedProtocol` for how they receive bytes.
     """
 
-    transport: asyncio.Transport | None
     upstream: Any  # the protocol's upstream connection (a RelayUpstream)
-    _closed: bool
 
     def __init__(self) -> None:
         self._paused: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # What every protocol's session knows about itself.
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.user = ""
+        self.source = ""
+        self.level: Level | None = None
+        self.policy = SourcePolicy()
+        self.on_tls = False
+        self.hold_wait = 0  # the source's hold_wait_seconds (waiting mode)
+        self.waiting: asyncio.Event | None = None  # set (cancel, KILL QUERY) to withdraw a waited request
+        self.entry: LiveSession | None = None  # this session in the admin API's registry
+        self._ready = False
+        self._closed = False
+        self._busy = False
+        self._sql_prepared: dict[str, Kind] = {}  # SQL PREPARE names → the kind they were prepared as
+
+    async def _wait_for_request(self, changes: ChangeService, request_id: int, reason: str) -> Waited:
+        """Waiting mode: wait for the held request to end (or be withdrawn through `waiting`),
+        showing the session as waiting in the registry meanwhile."""
+        self.waiting = asyncio.Event()
+        if self.entry is not None:
+            self.entry.state = WAITING
+        try:
+            return await changes.wait_for_decision(
+                self.user, request_id, self.hold_wait, self.waiting, reason
+            )
+        finally:
+            self.waiting = None
+            if self.entry is not None:
+                self.entry.state = IDLE
 
     # The client's write buffer is full: stop reading the upstream, and the other way round.
     def pause_writing(self) -> None:

@@ -52,7 +52,7 @@ from proxy.mysql import protocol as my
 from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
 from proxy.pool import Pool
 from proxy.relay import Params, RelaySession, UpstreamTarget, source_pool
-from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
+from proxy.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
@@ -222,25 +222,13 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     def __init__(self, frontend: MySQLFrontend) -> None:
         super().__init__()
         self.f = frontend
-        self.transport: asyncio.Transport | None = None
         self.reader = my.PacketReader()
-        self.peer = "?"
-        self.user = ""
-        self.source = ""
-        self.level: Level | None = None
-        self.policy = SourcePolicy()
         self.allowed_schemas: tuple[str, ...] | None = None
         self.connection_id = 0
         self.capabilities = my.Capability(0)
         self.upstream: UpstreamConnection | None = None
         self.pool: Pool[UpstreamConnection] | None = None
-        self.on_tls = False
         self.log = log
-        self._ready = False
-        self.hold_wait = 0
-        self.waiting: asyncio.Event | None = None  # set by KILL QUERY while waiting for a decision
-        self.entry: LiveSession | None = None
-        self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         self._scanner: my.ResultScanner | None = None
@@ -250,8 +238,6 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._statements: dict[int, _Prepared] = {}
         self._next_virtual = VIRTUAL_STATEMENT_BASE
         self._last_prepared = -1  # what MariaDB's statement id 0xFFFFFFFF means
-        self._sql_prepared: dict[str, Kind] = {}
-        self._busy = False
         self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
         self._read_buffer = bytearray()
         self._reply_seq = 2  # the sequence id an ERR during login must carry
@@ -1127,17 +1113,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         Success answers OK with the rows affected; anything else an ERR."""
         changes = self.f.changes
         assert changes is not None
-        self.waiting = asyncio.Event()
-        if self.entry is not None:
-            self.entry.state = WAITING
-        try:
-            waited = await changes.wait_for_decision(
-                self.user, request_id, self.hold_wait, self.waiting, "cancelled by KILL QUERY while waiting"
-            )
-        finally:
-            self.waiting = None
-            if self.entry is not None:
-                self.entry.state = IDLE
+        waited = await self._wait_for_request(changes, request_id, "cancelled by KILL QUERY while waiting")
         if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
             self._send_err(

@@ -56,7 +56,7 @@ from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_se
 from proxy.pg.upstream import UpstreamConnection
 from proxy.pool import Pool, PoolTimeout, UpstreamConnectError
 from proxy.relay import RelaySession, source_pool
-from proxy.sessions import IDLE, WAITING, LiveSession, SessionRegistry
+from proxy.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, RequestDetail, create_request
@@ -169,27 +169,16 @@ class PgSession(RelaySession, asyncio.Protocol):
     def __init__(self, frontend: PgFrontend) -> None:
         super().__init__()
         self.f = frontend
-        self.transport: asyncio.Transport | None = None
         self.reader = pgp.FrontendReader()
-        self.peer = "?"
-        self.user = ""
-        self.source = ""
-        self.level: Level | None = None
-        self.policy = SourcePolicy()
-        self.hold_wait = 0
-        self._waiting: asyncio.Event | None = None  # set by a CancelRequest while waiting
-        self.entry: LiveSession | None = None
         self._audit_refusal: str | None = None
         self._audit_subject = ""
         self.params: dict[str, str] = {}
         self.key: tuple[int, bytes] | None = None
         self.upstream: UpstreamConnection | None = None
         self.pool: Pool[UpstreamConnection] | None = None
-        self.on_tls = False
         self.status = b"I"
         self.log = log
         # relay state
-        self._ready = False
         self._out: list[bytes] = []
         # One entry per ReadyForQuery the upstream owes: _PASS, _DROP_Z or _DROP_ALL.
         self._pending: deque[int] = deque()
@@ -198,12 +187,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._scanner = pgp.BackendScanner()
         self._carry = b""
         self._discard = False
-        self._busy = False
         self._statements: dict[str, _Statement] = {}
         self._portals: dict[str, tuple[str, bytes]] = {}
-        self._sql_prepared: dict[str, Kind] = {}
         self._encoding = "utf-8"
-        self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         # metrics and the statement log (see the module docstring)
@@ -457,8 +443,8 @@ class PgSession(RelaySession, asyncio.Protocol):
     def cancel_running(self) -> None:
         """A CancelRequest with this session's key: cancel its upstream statement, if one runs,
         or the change request it is waiting for."""
-        if self._waiting is not None:
-            self._waiting.set()
+        if self.waiting is not None:
+            self.waiting.set()
         elif self.upstream is not None and self._pending:
             self._spawn(self.upstream.stop_running())
 
@@ -851,17 +837,7 @@ class PgSession(RelaySession, asyncio.Protocol):
                 notice=True,
             )
         )
-        self._waiting = asyncio.Event()
-        if self.entry is not None:
-            self.entry.state = WAITING
-        try:
-            waited = await changes.wait_for_decision(
-                self.user, request_id, self.hold_wait, self._waiting, "cancelled by the client while waiting"
-            )
-        finally:
-            self._waiting = None
-            if self.entry is not None:
-                self.entry.state = IDLE
+        waited = await self._wait_for_request(changes, request_id, "cancelled by the client while waiting")
         if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
             return pgp.make_error(
