@@ -128,7 +128,9 @@ def test_psql_update_approved_runs_exactly_once_and_notifies(
     assert api(gateway, "admin").ok("GET", "/audit/verify")["ok"] is True
 
 
-def test_returning_rows_and_failure_are_recorded(gateway: Gateway, items: None) -> None:
+def test_returning_rows_and_failure_are_recorded(
+    gateway: Gateway, items: None, receiver: WebhookReceiver
+) -> None:
     bob = api(gateway, "bob")
     ok_id = hold_with_psql(gateway, "alice", "DELETE FROM items WHERE id >= 4 RETURNING id, name")
     bob.ok("POST", f"/requests/{ok_id}/approve")
@@ -146,6 +148,7 @@ def test_returning_rows_and_failure_are_recorded(gateway: Gateway, items: None) 
     assert failed["execution"]["sqlstate"] == "23505"
     assert "duplicate key" in failed["execution"]["error_message"]
     assert gateway.count() == 3
+    assert "failed" in receiver.wait_for(bad_id, ["failed"])
 
 
 async def _asyncpg_hold(gw: Gateway, sql: str, *args: Any) -> int:
@@ -179,7 +182,9 @@ def test_asyncpg_binary_parameters_run_with_the_exact_values(gateway: Gateway, i
     assert rows == [[payload.hex(), "12.5", "naïve ✓"]]
 
 
-def test_refusals_have_the_right_status_and_code(gateway: Gateway, items: None) -> None:
+def test_refusals_have_the_right_status_and_code(
+    gateway: Gateway, items: None, receiver: WebhookReceiver
+) -> None:
     mine = hold_with_psql(gateway, "pia", "UPDATE items SET name = 'p' WHERE id = 1")
     pia, olga, carol, alice, bob = (api(gateway, u) for u in ("pia", "olga", "carol", "alice", "bob"))
 
@@ -201,6 +206,7 @@ def test_refusals_have_the_right_status_and_code(gateway: Gateway, items: None) 
     alice.ok("POST", f"/requests/{own}/cancel")
     # Rejected, cancelled and expired requests cannot be approved.
     bob.ok("POST", f"/requests/{mine}/reject", {"comment": "not today"})
+    assert "rejected" in receiver.wait_for(mine, ["rejected"])
     refused(bob, f"/requests/{mine}/approve", 409, "state_conflict")
     cancelled = hold_with_psql(gateway, "alice", "UPDATE items SET name = 'c' WHERE id = 1")
     assert alice.ok("POST", f"/requests/{cancelled}/cancel")["status"] == "cancelled"
