@@ -1,4 +1,5 @@
-"""Session fixtures running real PostgreSQL and MariaDB servers (tests/support/localdb.py).
+"""Session fixtures running real PostgreSQL and MariaDB servers (tests/support/localdb.py), shared by
+the integration, adversarial and fuzz tests.
 
 The servers start on first request and stop when the session ends, whatever happened; tests that
 do not ask for them start nothing.
