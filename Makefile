@@ -11,7 +11,10 @@ PYTEST_ARGS ?=
 
 BENCH_ARGS ?=
 
-.PHONY: bootstrap system-packages venv demo test lint format clean bench-pg bench-mysql
+FUZZ_MESSAGES ?= 1000000
+FUZZ_ARGS ?=
+
+.PHONY: bootstrap system-packages venv demo test lint format clean bench-pg bench-mysql fuzz
 
 bootstrap: system-packages venv
 
@@ -63,6 +66,11 @@ bench-mysql: bootstrap
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends sysbench; }
 	$(PY) benchmarks/bench_mysql.py $(BENCH_ARGS)
+
+# Long wire fuzzing of both listeners against a real `serve` (FUZZ_MESSAGES mutated messages, default
+# one million; FUZZ_SEED, FUZZ_WORKERS, FUZZ_PROTOCOLS=pg,my); see docs/fuzzing.md. Exit status 1 on any finding.
+fuzz: bootstrap
+	$(PY) tests/fuzz/run.py --messages $(FUZZ_MESSAGES) $(FUZZ_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     parser.add_argument("--show", metavar="KIND:SEED", help="print one case and exit")
     parser.add_argument("--logins", type=int, metavar="N", help="the login-path memory investigation instead")
+    parser.add_argument("--rounds", type=int, default=3, help="--logins: rounds of N logins per port")
+    parser.add_argument(
+        "--tracemalloc", type=int, default=0, metavar="FRAMES", help="--logins: trace allocations"
+    )
     args = parser.parse_args(argv)
     if args.show:
         print(show(args.show))
@@ -254,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.logins:
                 from tests.fuzz.logins import investigate
 
-                with fuzz_gateway(pg, maria, workdir / "home", traced=True) as target:  # type: ignore[arg-type]
-                    print(investigate(target, args.logins))
+                home = workdir / "home"
+                with fuzz_gateway(pg, maria, home, traced=True, trace_frames=args.tracemalloc) as target:  # type: ignore[arg-type]
+                    print(investigate(target, args.logins, rounds=args.rounds), flush=True)
+                    found = scan_log(target.log_path)
+                    print(f"serve log: {len(found.error_lines)} error-level lines, known bugs {found.known}")
                 return 0
             with fuzz_gateway(pg, maria, workdir / "home") as target:  # type: ignore[arg-type]
                 print(

@@ -128,13 +128,15 @@ def provision(config: Path, pg: PostgresCluster, maria: MariaDBServer) -> None:
         cli(config, "group", "member", "add", group, user)
 
 
-def start(config: Path, *, traced: bool = False) -> tuple[subprocess.Popen[bytes], Path, Path | None]:
+def start(
+    config: Path, *, traced: bool = False, trace_frames: int = 0
+) -> tuple[subprocess.Popen[bytes], Path, Path | None]:
     """Start `querybase serve` (or the traced wrapper) with its log in a file; wait for /readyz."""
     log_path = config.parent / f"serve-fuzz-{time.monotonic_ns()}.log"
     SERVE_LOGS.append(log_path)  # the suite's secret scan covers this log too
     snapshot_dir = config.parent / "snapshots" if traced else None
     argv = [sys.executable, "-m", "proxy.cli", "--config", str(config), "serve"]
-    env = base_env()
+    env = base_env({"QB_TRACEMALLOC": str(trace_frames)})
     if snapshot_dir is not None:
         snapshot_dir.mkdir(exist_ok=True)
         argv = [
@@ -148,7 +150,8 @@ def start(config: Path, *, traced: bool = False) -> tuple[subprocess.Popen[bytes
             argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
         )
     url = admin_url(config)
-    deadline = time.monotonic() + READY_TIMEOUT
+    ready_timeout = READY_TIMEOUT * (6 if trace_frames else 1)  # tracemalloc slows imports a lot
+    deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"querybase serve exited with {process.returncode}:\n{log_path.read_text()}")
@@ -157,16 +160,16 @@ def start(config: Path, *, traced: bool = False) -> tuple[subprocess.Popen[bytes
                 return process, log_path, snapshot_dir
         time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"querybase serve not ready after {READY_TIMEOUT}s:\n{log_path.read_text()}")
+    raise RuntimeError(f"querybase serve not ready after {ready_timeout}s:\n{log_path.read_text()}")
 
 
 @contextlib.contextmanager
 def fuzz_gateway(
-    pg: PostgresCluster, maria: MariaDBServer, home: Path, *, traced: bool = False
+    pg: PostgresCluster, maria: MariaDBServer, home: Path, *, traced: bool = False, trace_frames: int = 0
 ) -> Iterator[Target]:
     config = init_home(home, tls_mode="allow")
     provision(config, pg, maria)
-    process, log_path, snapshot_dir = start(config, traced=traced)
+    process, log_path, snapshot_dir = start(config, traced=traced, trace_frames=trace_frames)
     target = Target(
         config,
         process,
