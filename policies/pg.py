@@ -30,9 +30,14 @@ Deliberate choices
 - `EXPLAIN` without ANALYZE runs nothing, so it is a read whatever it explains (including data-modifying
   CTEs and `EXECUTE`); only a privileged inner statement stays privileged. With ANALYZE (`ANALYZE`,
   `ANALYZE true/on/1`, anything but an explicit false) it takes the inner statement's kind.
-- `RESET ALL`, `RESET`/`SET … TO DEFAULT`/`FROM CURRENT` of any setting are session: QueryBase sets
-  `default_transaction_read_only` in the upstream startup packet, which is the value RESET restores,
-  and asyncpg's pool reset sends `RESET ALL`.
+- `RESET ALL` is session: QueryBase sets `default_transaction_read_only` in the upstream startup packet,
+  which is the value RESET ALL restores, RESET ALL leaves `transaction_read_only` alone, and asyncpg's
+  pool reset sends it. `RESET`/`SET … TO DEFAULT`/`FROM CURRENT` of `transaction_read_only` or
+  `default_transaction_read_only` are privileged (inside a transaction they restore the built-in
+  default, off); of any other setting, session.
+- `client_encoding` (SET NAMES) and `standard_conforming_strings` change how the server reads later
+  text: only safe values are session (`SAFE_CLIENT_ENCODINGS`, scs on); others are privileged. Such
+  statements, RESET ALL and DISCARD ALL carry `lexing` in `names` (the session waits for the answer).
 - `SET ROLE NONE`, `RESET ROLE` and `SET SESSION AUTHORIZATION DEFAULT` return to the login role and
   cannot raise privileges: session (Metabase sends `SET ROLE NONE`). Any other role is privileged.
 - `default_transaction_read_only`/`transaction_read_only` set to a value that PostgreSQL's `parse_bool`
@@ -79,7 +84,7 @@ _RANK = RANK
 class _Facts:
     """What one statement (and everything nested in it) does: the mutable accumulator of a classification."""
 
-    __slots__ = ("copy_from_stdin", "ctes", "executes", "kind", "prepares", "reason", "tables")
+    __slots__ = ("copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "tables")
 
     def __init__(self) -> None:
         self.kind = Kind.READ
@@ -89,6 +94,7 @@ class _Facts:
         self.prepares: str | None = None
         self.executes: str | None = None
         self.copy_from_stdin = False
+        self.names: list[str] = []
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -101,6 +107,7 @@ class _Facts:
         self.note(other.kind, other.reason)
         self.tables |= other.tables
         self.ctes |= other.ctes
+        self.names += other.names
 
 
 # --- constants and booleans -------------------------------------------------------------------------
@@ -251,6 +258,46 @@ _FUNCTION_PREFIXES: tuple[tuple[str, Kind, str], ...] = (
 )
 
 _READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
+_RESET_KINDS = {
+    enums.VariableSetKind.VAR_RESET: "RESET {}",
+    enums.VariableSetKind.VAR_SET_DEFAULT: "SET {} TO DEFAULT",
+    enums.VariableSetKind.VAR_SET_CURRENT: "SET {} FROM CURRENT",
+}
+
+# Settings that change how the server reads the text of later statements. QueryBase reads text as
+# the server does only with standard_conforming_strings on and a client encoding whose multibyte
+# characters never contain an ASCII byte (a trail byte 0x5C would be a backslash to one reader and
+# part of a character to the other): anything else is privileged, and the session reads nothing
+# after a change until the upstream has answered it (`LEXING` in `Classification.names`).
+LEXING = "lexing"
+_LEXING_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
+# PostgreSQL's encoding names (and the aliases people use), compared as PostgreSQL does: lower
+# case, letters and digits only. SJIS, BIG5, GBK, GB18030, UHC and JOHAB are not here.
+SAFE_CLIENT_ENCODINGS = frozenset(
+    {"utf8", "unicode", "sqlascii", "koi8r", "koi8u", "koi8", "eucjp", "eucjis2004", "euckr", "euccn"}
+    | {f"latin{n}" for n in range(1, 11)}
+    | {f"iso8859{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 14, 15, 16)}
+    | {f"win{n}" for n in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)}
+    | {f"windows{n}" for n in (866, 874, 1250, 1251, 1252, 1253, 1254, 1255, 1256, 1257, 1258)}
+)
+
+
+def clean_encoding_name(name: str) -> str:
+    """PostgreSQL's comparison form of an encoding name: `UTF-8` → `utf8`."""
+    return "".join(ch for ch in name.lower() if ch.isascii() and ch.isalnum())
+
+
+def _lexing_refusal(setting: str, value: str | None) -> str:
+    """Why setting `setting` to the constant `value` (None: not a constant) is privileged, or ""."""
+    if setting == "standard_conforming_strings":
+        if _pg_bool(value) is True:
+            return ""
+        return "standard_conforming_strings off changes how the server reads strings"
+    if value is not None and clean_encoding_name(value) in SAFE_CLIENT_ENCODINGS:
+        return ""
+    return f"client_encoding {value or '(not a constant)'} is not one QueryBase reads as the server does"
+
+
 _IDENTITY_SETTINGS = frozenset({"role", "session_authorization"})
 
 
@@ -286,6 +333,10 @@ def _check_set_config(args: tuple[Any, ...], facts: _Facts) -> None:
             facts.note(Kind.PRIVILEGED, f"set_config({setting}) can lift the read-only backstop")
     elif setting in _IDENTITY_SETTINGS:
         facts.note(Kind.PRIVILEGED, f"set_config({setting}) changes who the session is")
+    elif setting in _LEXING_SETTINGS:
+        facts.names.append(LEXING)
+        why = _lexing_refusal(setting, _const(args[1]) if len(args) > 1 else None)
+        facts.note(Kind.PRIVILEGED if why else Kind.SESSION, why or f"set_config({setting})")
     else:
         facts.note(Kind.SESSION, f"set_config({setting})")
 
@@ -438,6 +489,7 @@ def _explain(node: ast.ExplainStmt, facts: _Facts) -> None:
 def _prepare(node: ast.PrepareStmt, facts: _Facts) -> None:
     facts.absorb(_statement(node.query))
     facts.prepares = node.name
+    facts.names.append(f"prepare:{node.name}")
 
 
 def _execute(node: ast.ExecuteStmt, facts: _Facts) -> None:
@@ -448,6 +500,24 @@ def _execute(node: ast.ExecuteStmt, facts: _Facts) -> None:
 
 def _declare_cursor(node: ast.DeclareCursorStmt, facts: _Facts) -> None:
     facts.absorb(_statement(node.query))
+    facts.names.append(f"declare:{node.portalname}")
+
+
+def _fetch(node: ast.FetchStmt, facts: _Facts) -> None:
+    # FETCH and MOVE run the cursor's query — and any portal's, protocol-level ones included.
+    facts.note(Kind.READ, "")
+    facts.names.append(f"fetch:{node.portalname}")
+
+
+def _deallocate(node: ast.DeallocateStmt, facts: _Facts) -> None:
+    facts.note(Kind.SESSION, "DEALLOCATE")
+    facts.names.append(f"deallocate:{node.name if node.name is not None else '*'}")
+
+
+def _discard(node: ast.DiscardStmt, facts: _Facts) -> None:
+    facts.note(Kind.SESSION, "DISCARD")
+    if node.target == enums.DiscardMode.DISCARD_ALL:
+        facts.names += ["deallocate:*", "close:*", LEXING]
 
 
 def _copy(node: ast.CopyStmt, facts: _Facts) -> None:
@@ -494,12 +564,18 @@ def _set_multi(node: ast.VariableSetStmt, facts: _Facts) -> None:
 def _variable_set(node: ast.VariableSetStmt, facts: _Facts) -> None:
     kind = node.kind
     name = (node.name or "").lower()  # setting names are case-insensitive, even quoted
+    if name in _LEXING_SETTINGS or kind == enums.VariableSetKind.VAR_RESET_ALL:
+        facts.names.append(LEXING)
     if kind == enums.VariableSetKind.VAR_RESET_ALL:
+        # transaction_read_only is not reset by RESET ALL; default_transaction_read_only goes back
+        # to the value of the upstream startup packet (on, for read roles).
         facts.note(Kind.SESSION, "RESET ALL")
-    elif kind in (enums.VariableSetKind.VAR_RESET, enums.VariableSetKind.VAR_SET_DEFAULT):
-        facts.note(Kind.SESSION, f"RESET {name}")
-    elif kind == enums.VariableSetKind.VAR_SET_CURRENT:
-        facts.note(Kind.SESSION, f"SET {name} FROM CURRENT")
+    elif kind in _RESET_KINDS and name in _READ_ONLY_SETTINGS:
+        # Inside a transaction, `RESET transaction_read_only` and `SET … TO DEFAULT` restore the
+        # built-in default (off), not the startup value: they lift the backstop.
+        facts.note(Kind.PRIVILEGED, f"{_RESET_KINDS[kind].format(name)} can lift the read-only backstop")
+    elif kind in _RESET_KINDS:
+        facts.note(Kind.SESSION, _RESET_KINDS[kind].format(name))
     elif kind == enums.VariableSetKind.VAR_SET_MULTI:
         _set_multi(node, facts)
     elif kind != enums.VariableSetKind.VAR_SET_VALUE:
@@ -509,6 +585,11 @@ def _variable_set(node: ast.VariableSetStmt, facts: _Facts) -> None:
             facts.note(Kind.SESSION, f"SET {name} on")
         else:
             facts.note(Kind.PRIVILEGED, f"SET {name} off lifts the read-only backstop")
+    elif name in _LEXING_SETTINGS:
+        args = node.args or ()
+        value = _const(args[0]) if len(args) == 1 else None
+        why = _lexing_refusal(name, value)
+        facts.note(Kind.PRIVILEGED if why else Kind.SESSION, why or f"SET {name}")
     elif name == "role":
         # PostgreSQL compares the value with "none" case-sensitively: SET ROLE 'NONE' names a role.
         args = node.args or ()
@@ -553,6 +634,7 @@ def _transaction(node: ast.TransactionStmt, facts: _Facts) -> None:
 def _close(node: ast.ClosePortalStmt, facts: _Facts) -> None:
     if node.portalname is None:
         facts.note(Kind.SESSION, "CLOSE ALL")
+    facts.names.append(f"close:{node.portalname if node.portalname is not None else '*'}")
 
 
 def _object_type(value: Any) -> str:
@@ -571,7 +653,7 @@ _HANDLERS: dict[type, _Handler] = {
     # reads
     ast.SelectStmt: _select,
     ast.VariableShowStmt: _READ,
-    ast.FetchStmt: _READ,
+    ast.FetchStmt: _fetch,
     ast.ReturnStmt: _READ,  # only inside CREATE FUNCTION … RETURN
     ast.ClosePortalStmt: _close,
     # wrappers
@@ -599,8 +681,8 @@ _HANDLERS: dict[type, _Handler] = {
     ast.TransactionStmt: _transaction,
     ast.ConstraintsSetStmt: _fixed(Kind.TRANSACTION, "SET CONSTRAINTS"),
     ast.VariableSetStmt: _variable_set,
-    ast.DiscardStmt: _fixed(Kind.SESSION, "DISCARD"),
-    ast.DeallocateStmt: _fixed(Kind.SESSION, "DEALLOCATE"),
+    ast.DiscardStmt: _discard,
+    ast.DeallocateStmt: _deallocate,
     ast.ListenStmt: _fixed(Kind.SESSION, "LISTEN"),
     ast.UnlistenStmt: _fixed(Kind.SESSION, "UNLISTEN"),
     # privileged
@@ -716,9 +798,11 @@ def _first_line(text: str) -> str:
 def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
     strictest: _Facts | None = None
     tables: set[str] = set()
+    names: list[str] = []
     copy_from_stdin = False
     for raw in statements:
         facts = _statement(raw.stmt)
+        names += facts.names
         tables |= {table for table in facts.tables if table not in facts.ctes}
         copy_from_stdin = copy_from_stdin or facts.copy_from_stdin
         if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
@@ -733,6 +817,7 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
         prepares=strictest.prepares if single else None,
         executes=strictest.executes if single else None,
         copy_from_stdin=copy_from_stdin,
+        names=tuple(names),
     )
 
 

@@ -49,6 +49,17 @@ class Level(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class KillTarget:
+    """A MySQL `KILL` as parsed: `thread` is the literal connection id it names, or None when it
+    names anything else (an expression, `USER x`, MariaDB's `QUERY ID n`); `query_only` for
+    `KILL QUERY`; `form` is the normalised spelling, for messages."""
+
+    thread: int | None
+    query_only: bool
+    form: str
+
+
+@dataclass(frozen=True, slots=True)
 class Classification:
     """The classifier's answer for one protocol message (possibly several statements).
 
@@ -62,6 +73,11 @@ class Classification:
     - `executes`: for SQL `EXECUTE name`, the statement name; the classifier cannot know what it
       runs, so `kind` is `unknown` and the session substitutes the kind it recorded at PREPARE.
     - `copy_from_stdin`: COPY … FROM STDIN (the client will stream CopyData).
+    - `names`: what the message does to SQL-level names the wire protocol shares (PostgreSQL:
+      prepared statements and cursors, which Bind/Execute can reach and FETCH can run), in order:
+      `prepare:N`, `deallocate:N` / `deallocate:*`, `declare:N`, `close:N` / `close:*`, `fetch:N`,
+      and `lexing` for statements that change how the server reads later text (client_encoding,
+      standard_conforming_strings, RESET ALL, DISCARD ALL). Collected over every statement.
     """
 
     kind: Kind
@@ -71,6 +87,11 @@ class Classification:
     prepares: str | None = None
     executes: str | None = None
     copy_from_stdin: bool = False
+    names: tuple[str, ...] = ()
+    kill: KillTarget | None = None
+    uses: str | None = None
+    sets: tuple[tuple[str, str | None], ...] = ()
+    schemas: tuple[str, ...] = ()
 
 
 class Action(enum.StrEnum):

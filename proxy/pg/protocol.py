@@ -269,10 +269,11 @@ PG_ENCODINGS = {
     "WIN1250": "cp1250", "WIN1251": "cp1251", "WIN1252": "cp1252", "WIN1253": "cp1253",
     "WIN1254": "cp1254", "WIN1255": "cp1255", "WIN1256": "cp1256", "WIN1257": "cp1257",
     "WIN1258": "cp1258", "KOI8R": "koi8-r", "KOI8U": "koi8-u", "EUC_JP": "euc-jp",
-    "EUC_JIS_2004": "euc-jis-2004", "EUC_KR": "euc-kr", "EUC_CN": "gb2312", "SJIS": "shift-jis",
-    "SHIFT_JIS_2004": "shift-jis-2004", "BIG5": "big5", "GBK": "gbk", "GB18030": "gb18030",
-    "UHC": "cp949", "JOHAB": "johab",
+    "EUC_JIS_2004": "euc-jis-2004", "EUC_KR": "euc-kr", "EUC_CN": "gb2312",
 }  # fmt: skip
+# Not read at all: SJIS, SHIFT_JIS_2004, BIG5, GBK, GB18030, UHC and JOHAB. Their multibyte
+# characters can end in an ASCII byte (0x5C is a backslash), so a decoder that differs from the
+# server's by one byte would see a quote or backslash where the server sees a character.
 
 
 def python_encoding(pg_name: str) -> str | None:
@@ -608,6 +609,9 @@ class BackendReader:
 MAX_HELD_BACK = 64 * 1024  # a ParameterStatus longer than this is relayed without being read
 
 
+_MARKED = frozenset({b"1", b"2", b"3", b"E"})
+
+
 class BackendScanner:
     """Walks a relayed server byte stream header by header without buffering bodies.
 
@@ -618,10 +622,15 @@ class BackendScanner:
     boundary, a ReadyForQuery whose status byte has not arrived, or a ParameterStatus not yet
     complete. Because of `keep`, every message start the caller forwards lies inside the chunk it
     forwards, so it can always split a chunk right before a ReadyForQuery.
+
+    `marks` collects, in order, the type bytes (as ints) of every ParseComplete, BindComplete,
+    CloseComplete, ErrorResponse and ReadyForQuery seen: what the session's model of statements
+    and portals (proxy/pg/extended.py) learns from. The caller empties it after each scan.
     """
 
     def __init__(self) -> None:
         self._skip = 0  # body bytes of the current message still to pass
+        self.marks: list[int] = []
 
     def scan(
         self, chunk: bytes | bytearray | memoryview
@@ -646,6 +655,9 @@ class BackendScanner:
                 if size - pos < 6:
                     return ready, params, size - pos
                 ready.append((pos, chunk[pos + 5]))
+                self.marks.append(0x5A)
+            elif type_byte in _MARKED:
+                self.marks.append(type_byte[0])
             elif type_byte == b"S" and length <= MAX_HELD_BACK:
                 if end > size:
                     return ready, params, size - pos

@@ -43,7 +43,7 @@ import structlog
 
 from policies.cache import classify_pg_cached
 from policies.decide import decide_cached as decide
-from policies.decide import with_prepared_kind
+from policies.pg import LEXING
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
 from proxy.audit import AuditWriter, audit_login, audit_statement
@@ -52,6 +52,7 @@ from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
 from proxy.logging import ReadSampler, connection_ids
 from proxy.pg import protocol as pgp
+from proxy.pg.extended import WAIT, Desync, ExtendedState, Portal, Unknown, Wait
 from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
 from proxy.pg.upstream import UpstreamConnection
 from proxy.pool import Pool, PoolTimeout, UpstreamConnectError
@@ -156,13 +157,6 @@ class PgFrontend:
             await pool.close()
 
 
-@dataclass
-class _Statement:
-    query: str
-    param_types: tuple[int, ...]
-    classification: Classification
-
-
 class PgSession(RelaySession, asyncio.Protocol):
     """One client connection."""
 
@@ -187,8 +181,10 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._scanner = pgp.BackendScanner()
         self._carry = b""
         self._discard = False
-        self._statements: dict[str, _Statement] = {}
-        self._portals: dict[str, tuple[str, bytes]] = {}
+        # What the upstream's statements, portals and cursors are (see proxy/pg/extended.py).
+        self._ext = ExtendedState()
+        self._deferred: tuple[bytes, bytes] | None = None  # a message waiting for earlier replies
+        self._settled: asyncio.Future[None] | None = None
         self._encoding = "utf-8"
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
@@ -260,16 +256,26 @@ class PgSession(RelaySession, asyncio.Protocol):
     def upstream_data(self, data: bytes) -> None:
         if self._carry:
             data, self._carry = self._carry + data, b""
+        scanner = self._scanner
         try:
-            ready, params, keep = self._scanner.scan(data)
+            ready, params, keep = scanner.scan(data)
             for start, end in params:
                 name, value = pgp.parse_parameter_status(data[start + 5 : end])
                 if self.upstream is not None:
                     self.upstream.parameter_status[name] = value
                 if name == "client_encoding":
                     self._follow_encoding(value)
+                elif name == "default_transaction_read_only" and value != "on":
+                    self._read_only_lifted(value)
+            if scanner.marks:
+                self._learn(scanner.marks, ready)
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
+            return
+        except Desync as exc:
+            self._fatal(pgp.ProtocolViolation(f"QueryBase lost track of the upstream's replies: {exc}"))
+            return
+        if self._closed:
             return
         if keep:
             data, self._carry = data[:-keep], data[-keep:]
@@ -315,10 +321,53 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._drained.set_result(None)
         return b"".join(pieces)
 
+    def _learn(self, marks: list[int], ready: list[tuple[int, int]]) -> None:
+        """Feed the model the upstream's completions, errors and ReadyForQuery, in order."""
+        ext = self._ext
+        statuses = iter(ready)
+        for mark in marks:
+            if mark == 0x5A:
+                ext.ready(next(statuses)[1])
+            elif mark == 0x45:
+                ext.error()
+            else:
+                ext.completed(bytes((mark,)))
+        marks.clear()
+        settled = self._settled
+        if settled is not None and not settled.done() and ext.settled():
+            settled.set_result(None)
+
+    def _read_only_lifted(self, value: str) -> None:
+        """The upstream reports that a read-role connection is no longer read-only: end it now."""
+        if self.level is Level.WRITE or self.upstream is None:
+            return
+        self.log.warning("read_only_lifted", source=self.source, value=value)
+        if self.f.audit is not None:
+            self.f.audit.record(
+                "session.read_only_lifted",
+                actor=self.user,
+                source=self.source,
+                subject=self._audit_subject,
+                payload={"protocol": PROTOCOL, "default_transaction_read_only": value},
+            )
+        self.upstream.transport.close()  # never back into the pool
+        self._fatal(
+            QueryBaseError(
+                "terminating connection: the upstream session stopped being read-only "
+                f"(default_transaction_read_only={value})"
+            )
+        )
+
     def _follow_encoding(self, pg_name: str) -> None:
-        # Statement text arrives in the client's encoding. One QueryBase cannot decode is refused
-        # at the first statement rather than guessed at (fail closed).
-        self._encoding = pgp.python_encoding(pg_name) or f"unsupported client_encoding {pg_name}"
+        # Statement text arrives in the client's encoding. One QueryBase cannot read exactly as the
+        # server does ends the session at once (fail closed).
+        encoding = pgp.python_encoding(pg_name)
+        if encoding is None:
+            self._encoding = f"unsupported client_encoding {pg_name}"
+            if self._ready:
+                self._fatal(_unsupported_encoding(pg_name))
+            return
+        self._encoding = encoding
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closed or self.transport is None:
@@ -552,6 +601,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         upstream_params = tuple(
             sorted((k, v) for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS)
         )
+        self._check_startup_settings(upstream_params)
         self.pool = self.f.pool(creds, role)
         upstream = await self.pool.acquire(upstream_params)
         if self._closed:
@@ -580,6 +630,19 @@ class PgSession(RelaySession, asyncio.Protocol):
             self.entry.user, self.entry.source, self.entry.state = self.user, self.source, IDLE
         self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
         self._process()
+
+    def _check_startup_settings(self, params: tuple[tuple[str, str], ...]) -> None:
+        """Startup parameters (and `-c` switches in `options`) are settings the upstream applies at
+        login: each must pass policy as the `SET` it amounts to (no `role`, no read-only off, no
+        lexing change QueryBase cannot follow), or the login is refused."""
+        assert self.level is not None
+        for name, value in startup_settings(params):
+            quoted_name = '"' + name.replace('"', '""') + '"'
+            quoted_value = "'" + value.replace("'", "''") + "'"
+            c = classify_pg_cached(f"SET {quoted_name} TO {quoted_value}")
+            verdict = decide(c, self.level, self.policy)
+            if c.kind is not Kind.SESSION and verdict.action is not Action.FORWARD:
+                raise AccessDenied(f"startup parameter {name!r} refused: {verdict.reason}")
 
     # ---------------------------------------------------------------------------------- relay
 
@@ -627,7 +690,6 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._out.append(raw)
 
     def _decide(self, c: Classification, text: str) -> Verdict:
-        c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
         verdict = decide(c, self.level, self.policy)
         self._m.counted[(verdict.kind, verdict.action)].inc()
@@ -673,24 +735,28 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _on_query(self, raw: bytes) -> object:
         t0 = self._arrival()
         sql = pgp.parse_query(raw[5:], self._checked_encoding())
-        c = classify_pg_cached(sql)
+        c = self._ext.with_sql_names(classify_pg_cached(sql))
+        if isinstance(c, Wait):
+            return self._wait_for_replies(b"Q", raw)
         verdict = self._decide(c, sql)
         if verdict.action is Action.FORWARD:
-            if c.prepares is not None:
-                self._sql_prepared[c.prepares] = c.kind
+            self._end_open_batch()
+            self._ext.simple()
+            self._ext.forwarded(c)
             self._forward(raw)
             self._pending.append(_PASS)
             self._timing.append([(t0, verdict.kind)])
             self._forwarded(t0)
+            if LEXING in c.names:
+                return self._wait_for_replies(None, b"")
             return None
         self._refuse(verdict, HeldStatementDraft(sql, c, None, ()), extended=False, t0=t0)
         return _STOP
 
     def _on_parse(self, raw: bytes) -> object:
         parse = pgp.parse_parse(raw[5:], self._checked_encoding())
-        self._statements[parse.statement] = _Statement(
-            parse.query, parse.param_types, classify_pg_cached(parse.query)
-        )
+        name = raw[5 : raw.index(b"\x00", 5)]
+        self._ext.parse(name, parse.query, parse.param_types, classify_pg_cached(parse.query))
         self._forward(raw)
         return None
 
@@ -699,35 +765,42 @@ class PgSession(RelaySession, asyncio.Protocol):
         end_statement = raw.find(b"\x00", end_portal + 1)
         if end_portal < 0 or end_statement < 0:
             raise pgp.ProtocolViolation("malformed Bind message")
-        encoding = self._checked_encoding()
-        portal = raw[5:end_portal].decode(encoding, "replace")
-        statement = raw[end_portal + 1 : end_statement].decode(encoding, "replace")
-        self._portals[portal] = (statement, raw)
+        self._ext.bind(raw[5:end_portal], raw[end_portal + 1 : end_statement], raw)
         self._forward(raw)
         return None
 
     def _on_execute(self, raw: bytes) -> object:
         t0 = self._arrival()
-        portal, _ = pgp.parse_execute(raw[5:], self._checked_encoding())
-        bound = self._portals.get(portal)
-        statement = self._statements.get(bound[0]) if bound is not None else None
-        types: tuple[int, ...] = ()
-        if statement is None:
-            c = Classification(Kind.UNKNOWN, reason=f"portal {portal!r} was not bound by this session")
-            text, bind_raw = "", None
+        end_portal = raw.find(b"\x00", 5)
+        if end_portal < 0 or len(raw) != end_portal + 5:
+            raise pgp.ProtocolViolation("malformed Execute message")
+        self._ext.extended()
+        found = self._ext.resolve(raw[5:end_portal])
+        c: Classification | Wait
+        if isinstance(found, Portal):
+            statement = found.statement
+            assert statement is not None
+            text, types, bind_raw = statement.query, statement.param_types, found.bind_raw
+            c = self._ext.with_sql_names(statement.classification)
         else:
-            c, text, types = statement.classification, statement.query, statement.param_types
-            bind_raw = bound[1] if bound is not None else None
+            text, types, bind_raw = "", (), None
+            c = WAIT if found is WAIT else Classification(Kind.UNKNOWN, reason=cast(Unknown, found).reason)
+        if isinstance(c, Wait):
+            return self._wait_for_replies(b"E", raw)
         verdict = self._decide(c, text)
         if verdict.action is Action.FORWARD:
+            self._ext.forwarded(c)
             self._forward(raw)
             self._batch.append((t0, verdict.kind))
             self._forwarded(t0)
+            if LEXING in c.names:
+                return self._wait_for_replies(None, b"")
             return None
         self._refuse(verdict, HeldStatementDraft(text, c, bind_raw, types), extended=True, t0=t0)
         return _STOP
 
     def _on_sync(self, raw: bytes) -> object:
+        self._ext.sync()
         self._forward(raw)
         self._pending.append(_PASS)
         if self._batch:
@@ -738,8 +811,10 @@ class PgSession(RelaySession, asyncio.Protocol):
         return None
 
     def _on_close(self, raw: bytes) -> object:
-        target, name = pgp.parse_describe_or_close(raw[5:], "Close", self._checked_encoding())
-        (self._statements if target == b"S" else self._portals).pop(name, None)
+        body = raw[5:]
+        if len(body) < 2 or body[0:1] not in (b"S", b"P") or body.find(b"\x00", 1) != len(body) - 1:
+            raise pgp.ProtocolViolation("malformed Close message")
+        self._ext.close(body[0:1], body[1:-1])
         self._forward(raw)
         return None
 
@@ -748,6 +823,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         c = Classification(Kind.PRIVILEGED, reason="fast-path function call")
         verdict = self._decide(c, "<fast-path function call>")
         if verdict.action is Action.FORWARD:
+            self._end_open_batch()
+            self._ext.simple()
             self._forward(raw)
             self._pending.append(_PASS)
             self._timing.append([(t0, verdict.kind)])
@@ -755,9 +832,48 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False, t0=t0)
         return _STOP
 
+    def _on_extended(self, raw: bytes) -> object:
+        """Describe: forwarded; it belongs to the open extended batch (or opens one)."""
+        self._ext.extended()
+        self._forward(raw)
+        return None
+
     def _on_forward(self, raw: bytes) -> object:
         self._forward(raw)
         return None
+
+    def _wait_for_replies(self, type_byte: bytes | None, raw: bytes) -> object:
+        """Stop reading client messages until the upstream has answered every batch before the open
+        one; then handle `raw` (if any) again, now with what the server really did."""
+        self._busy = True
+        self._pause("settle")
+        if type_byte is not None:
+            self._deferred = (type_byte, raw)
+        self._flush()
+        self._spawn(self._settle(wait_all=type_byte is None))
+        return _STOP
+
+    async def _settle(self, *, wait_all: bool) -> None:
+        try:
+            if wait_all:
+                await self._upstream_idle()
+            elif not self._ext.settled():
+                self._settled = asyncio.get_running_loop().create_future()
+                await self._settled
+        finally:
+            self._settled = None
+            self._busy = False
+            self._resume("settle")
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None and not self._closed:
+            type_byte, raw = deferred
+            try:
+                if _HANDLERS[type_byte](self, raw) is _STOP:
+                    return
+            except pgp.ProtocolViolation as exc:
+                self._fatal(exc)
+                return
+        self._process()
 
     def _on_terminate(self, raw: bytes) -> object:
         self._terminate()
@@ -774,16 +890,25 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     # ---------------------------------------------------------------------- hold and deny
 
+    def _end_open_batch(self) -> None:
+        """Send the upstream a Sync of QueryBase's own (its ReadyForQuery is dropped) to end an
+        extended batch the client left open — before a simple Query or FunctionCall (asyncpg sends
+        Parse/Describe/Flush and then a COPY as a Query), or in place of a refused Execute. Then
+        every ReadyForQuery the upstream owes is known: one per Sync, Query and FunctionCall."""
+        if not self._ext.batch_open:
+            return
+        self._ext.sync()
+        self._out.append(pgp.SYNC)
+        self._pending.append(_DROP_Z)
+        # The batch's Executes forwarded so far are answered by this Sync.
+        self._timing.append(self._batch or None)
+        self._batch = []
+        self._special += 1
+
     def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool, t0: float) -> None:
         self._busy = True
         self._pause("refuse")
-        if extended:
-            self._out.append(pgp.SYNC)
-            self._pending.append(_DROP_Z)
-            # The batch's Executes forwarded so far are answered by this Sync.
-            self._timing.append(self._batch or None)
-            self._batch = []
-            self._special += 1
+        self._end_open_batch()
         self._flush()
         self._spawn(self._finish_refusal(verdict, draft, extended, t0))
 
@@ -806,6 +931,7 @@ class PgSession(RelaySession, asyncio.Protocol):
                 # make the upstream do exactly that, so what follows behaves as it would there.
                 self._pending.append(_DROP_ALL)
                 self._special += 1
+                self._ext.simple()
                 self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
                 await self._upstream_idle()
             if extended:
@@ -926,6 +1052,60 @@ class PgSession(RelaySession, asyncio.Protocol):
         return _held_error(request_id, self.source), request_id
 
 
+def startup_settings(params: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The settings a startup packet asks for: its parameters, with `options` split into its
+    `-c name=value` / `--name=value` switches as PostgreSQL does (backslash escapes a space). Any
+    other switch in `options` is refused."""
+    out: list[tuple[str, str]] = []
+    for name, value in params:
+        if name != "options":
+            out.append((name, value))
+            continue
+        words: list[str] = []
+        current, escaped, started = [], False, False
+        for ch in value:
+            if escaped:
+                current.append(ch)
+                escaped = False
+            elif ch == "\\":
+                escaped, started = True, True
+            elif ch.isspace():
+                if started:
+                    words.append("".join(current))
+                current, started = [], False
+            else:
+                current.append(ch)
+                started = True
+        if started:
+            words.append("".join(current))
+        pending_c = False
+        for word in words:
+            if pending_c:
+                setting, pending_c = word, False
+            elif word == "-c":
+                pending_c = True
+                continue
+            elif word.startswith("-c") or word.startswith("--"):
+                setting = word[2:]
+            else:
+                raise AccessDenied(f"startup option {word!r} is not supported through QueryBase")
+            key, sep, val = setting.partition("=")
+            if not sep or not key:
+                raise AccessDenied(f"startup option {setting!r} is not name=value")
+            out.append((key.replace("-", "_"), val))
+        if pending_c:
+            raise AccessDenied("startup option -c without a setting")
+    return out
+
+
+def _unsupported_encoding(pg_name: str) -> pgp.ProtocolViolation:
+    return pgp.ProtocolViolation(
+        f"client_encoding {pg_name} is not supported through QueryBase (its multibyte characters can "
+        "contain the bytes of a backslash or quote, so QueryBase could read a statement differently "
+        "from the server): use UTF8 or a single-byte encoding"
+    )
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -1000,8 +1180,8 @@ _HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
     b"E": PgSession._on_execute,
     b"S": PgSession._on_sync,
     b"C": PgSession._on_close,
-    b"D": PgSession._on_forward,
-    b"H": PgSession._on_forward,
+    b"D": PgSession._on_extended,
+    b"H": PgSession._on_forward,  # Flush: no reply, and it neither opens nor ends a batch
     b"d": PgSession._on_forward,
     b"c": PgSession._on_forward,
     b"f": PgSession._on_forward,

@@ -57,10 +57,10 @@ async def frontend_port(config: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         (["DELETE FROM items"], "25006"),  # read_only_sql_transaction
         (["UPDATE items SET name = 'x'"], "25006"),
         (["CALL wipe_items()"], "25006"),
-        # Even with the read-only flag lifted, the read login's grants stop the write.
-        (["SET default_transaction_read_only = off", "BEGIN READ WRITE", "DELETE FROM items"], "42501"),
+        # Even with the transaction made writable, the read login's grants stop the write.
+        (["BEGIN READ WRITE", "DELETE FROM items"], "42501"),
     ],
-    ids=["delete", "update", "call", "flag-lifted"],
+    ids=["delete", "update", "call", "read-write-transaction"],
 )
 async def test_database_rejects_writes_the_classifier_missed(
     frontend_port: int, pg_server: PostgresCluster, statements: list[str], sqlstate: str
@@ -80,3 +80,24 @@ async def test_database_rejects_writes_the_classifier_missed(
         await conn.close()
     rows = pg_server.execute_sql("SELECT count(*) FROM items").strip()
     assert rows == str(len(ITEMS))
+
+
+async def test_a_read_session_that_stops_being_read_only_is_ended(
+    frontend_port: int, pg_server: PostgresCluster
+) -> None:
+    """Issue 10 class 5: PostgreSQL reports default_transaction_read_only (ParameterStatus); when a
+    read-role connection reports it off, QueryBase ends the session at once, whatever the classifier
+    said (here it was made to call everything a read), and the connection is not reused."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=frontend_port, user="alice", password=PASSWORDS["alice"],
+        database="shop", ssl=False,
+    )  # fmt: skip
+    try:
+        with pytest.raises(asyncpg.PostgresError) as caught:
+            await conn.execute("SET default_transaction_read_only = off")
+        assert "stopped being read-only" in str(caught.value)
+        with pytest.raises(asyncpg.exceptions.InterfaceError):
+            await conn.execute("DELETE FROM items")
+    finally:
+        await conn.close()
+    assert int(pg_server.execute_sql("SELECT count(*) FROM items").strip()) == len(ITEMS)
