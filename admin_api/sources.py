@@ -16,7 +16,13 @@ from proxy.store.models import Engine, UpstreamTLS
 router = APIRouter(prefix="/sources", tags=["sources"])
 
 DEFAULT_PORTS = {Engine.POSTGRESQL: 5432, Engine.MYSQL: 3306}
-TLSMode = Literal["disable", "prefer", "require"]
+TLSMode = Literal["disable", "prefer", "require", "verify-ca", "verify-full"]
+_TLS_DOC = (
+    "upstream TLS: disable, prefer, require (encrypted, certificate not verified), verify-ca "
+    "(chains to tls_ca_pem, else the system's CAs), verify-full (and names the host); MySQL's "
+    "VERIFY_CA / VERIFY_IDENTITY use the same words"
+)
+_CA_DOC = "PEM CA bundle (text) for verify-ca / verify-full; stored in the catalog, shown as a summary"
 _WRITE_ONLY = "write-only: never returned"
 
 
@@ -36,6 +42,9 @@ class SourceOut(BaseModel):
     write_user: str | None
     write_password_set: bool
     tls: str
+    tls_verified: bool = Field(description="whether the upstream's certificate is verified")
+    tls_warning: str | None = Field(description="what is not protected when it is not verified")
+    tls_ca: list[str] = Field(description="the stored CA bundle: one line per certificate")
     pool_size: int
     pool_timeout_seconds: float
     approvals_required: int
@@ -61,7 +70,10 @@ class SourceCreate(BaseModel):
     read_password: str | None = Field(default=None, max_length=1024, description=_WRITE_ONLY)
     write_user: str | None = Field(default=None, min_length=1, max_length=255)
     write_password: str | None = Field(default=None, max_length=1024, description=_WRITE_ONLY)
-    tls: TLSMode = "prefer"
+    tls: TLSMode | None = Field(
+        default=None, description=_TLS_DOC + "; default: verify-full with tls_ca_pem, else prefer"
+    )
+    tls_ca_pem: str | None = Field(default=None, max_length=1_000_000, description=_CA_DOC)
     pool_size: int = Field(default=10, ge=1, le=1000)
     pool_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
     approvals_required: int = Field(default=1, ge=1, le=100)
@@ -83,7 +95,12 @@ class SourceUpdate(BaseModel):
     read_password: str | None = Field(default=None, max_length=1024, description=_WRITE_ONLY)
     write_user: str | None = Field(default=None, min_length=1, max_length=255)
     write_password: str | None = Field(default=None, max_length=1024, description=_WRITE_ONLY)
-    tls: TLSMode | None = None
+    tls: TLSMode | None = Field(default=None, description=_TLS_DOC)
+    tls_ca_pem: str | None = Field(
+        default=None,
+        max_length=1_000_000,
+        description=_CA_DOC + "; null removes it; given without tls, tls becomes verify-full",
+    )
     pool_size: int | None = Field(default=None, ge=1, le=1000)
     pool_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     approvals_required: int | None = Field(default=None, ge=1, le=100)
@@ -95,7 +112,14 @@ class SourceUpdate(BaseModel):
 
 
 _NULLABLE = frozenset(
-    {"read_password", "write_user", "write_password", "ddl_approvals_required", "allowed_schemas"}
+    {
+        "read_password",
+        "write_user",
+        "write_password",
+        "ddl_approvals_required",
+        "allowed_schemas",
+        "tls_ca_pem",
+    }
 )
 
 
@@ -127,7 +151,8 @@ async def create_source(body: SourceCreate, ctx: Ctx, admin: AdminUser) -> Sourc
         database=body.database,
         read_user=body.read_user,
         write_user=body.write_user,
-        tls=UpstreamTLS(body.tls),
+        tls=UpstreamTLS(body.tls) if body.tls else None,
+        tls_ca_pem=body.tls_ca_pem,
         pool_size=body.pool_size,
         pool_timeout_seconds=body.pool_timeout_seconds,
         approvals_required=body.approvals_required,

@@ -341,14 +341,27 @@ async def cmd_source_add(ctx: Context, args: argparse.Namespace) -> int:
         database=args.database,
         read_user=args.user,
         write_user=args.write_user,
-        tls=UpstreamTLS(args.tls),
+        tls=UpstreamTLS(args.tls) if args.tls else None,
+        tls_ca_pem=read_ca_file(args.tls_ca) if args.tls_ca else None,
         pool_size=args.pool_size,
         pool_timeout_seconds=args.pool_timeout,
     )
     catalog = ctx.catalog(with_key=True)
-    await catalog.add_source(spec, read_password=read_pw, write_password=write_pw, actor=ctx.actor)
+    view = await catalog.add_source(spec, read_password=read_pw, write_password=write_pw, actor=ctx.actor)
     ctx.print(f"source {args.name!r} added ({engine.value} {spec.host}:{spec.port}/{spec.database})")
+    if view.tls_warning:
+        ctx.print(f"warning: upstream TLS ({view.tls}): {view.tls_warning}")
     return 0
+
+
+def read_ca_file(path: str) -> str:
+    """`--tls-ca FILE`: the PEM bundle's text, stored in the catalog (validated there)."""
+    try:
+        return Path(path).read_text(encoding="ascii")
+    except OSError as exc:
+        raise InvalidInput(f"--tls-ca: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInput(f"--tls-ca: {path} is not a PEM file (not ASCII text)") from None
 
 
 async def cmd_source_set(ctx: Context, args: argparse.Namespace) -> int:
@@ -357,8 +370,12 @@ async def cmd_source_set(ctx: Context, args: argparse.Namespace) -> int:
         raise InvalidInput("nothing to change: give at least one option (see `querybase source set -h`)")
     await ctx.require_current_schema()
     catalog = ctx.catalog(with_key=any(k in changes for k in ("read_password", "write_password")))
-    await catalog.update_source(args.name, changes, actor=ctx.actor)
+    view = await catalog.update_source(args.name, changes, actor=ctx.actor)
     ctx.print(f"source {args.name!r} updated: {', '.join(sorted(changes))}")
+    if "tls_ca_pem" in changes and "tls" not in changes and changes["tls_ca_pem"]:
+        ctx.print(f"tls is now {view.tls}")
+    if view.tls_warning and {"tls", "tls_ca_pem"} & set(changes):
+        ctx.print(f"warning: upstream TLS ({view.tls}): {view.tls_warning}")
     return 0
 
 
@@ -397,6 +414,10 @@ def source_changes(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
         changes["write_user"] = None
     if args.no_ddl_approvals:
         changes["ddl_approvals_required"] = None
+    if args.no_tls_ca:
+        changes["tls_ca_pem"] = None
+    elif args.tls_ca:
+        changes["tls_ca_pem"] = read_ca_file(args.tls_ca)
     if args.all_schemas:
         changes["allowed_schemas"] = None
     elif args.schemas is not None:
@@ -475,6 +496,10 @@ async def cmd_source_show(ctx: Context, args: argparse.Namespace) -> int:
         return 0
     for key, value in data.items():
         if key == "grants":
+            continue
+        if key == "tls_ca":  # one certificate a line: their subjects hold commas
+            for i, line in enumerate(value or ["-"]):
+                ctx.print(f"{key + ':' if i == 0 else '':<24}{line}")
             continue
         ctx.print(f"{key + ':':<24}{_cell(value)}")
     grants = ", ".join(f"{g['group']}={g['level']}" for g in data["grants"]) or "-"
@@ -1091,7 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--no-password", action="store_true", help="the read login has no password")
     sub.add_argument("--write-user", help="the upstream login that runs approved changes")
     sub.add_argument("--write-password-env", metavar="VAR", help="read the write password from $VAR")
-    sub.add_argument("--tls", choices=[t.value for t in UpstreamTLS], default=UpstreamTLS.PREFER.value)
+    sub.add_argument(
+        "--tls", choices=[t.value for t in UpstreamTLS], help=TLS_HELP + "; default: " + TLS_DEFAULT
+    )
+    sub.add_argument("--tls-ca", metavar="FILE", help=TLS_CA_HELP)
     sub.add_argument("--pool-size", type=int, default=10)
     sub.add_argument(
         "--pool-timeout",
@@ -1179,6 +1207,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TLS_HELP = (
+    "upstream TLS: disable, prefer, require (encrypt, certificate NOT verified), "
+    "verify-ca (certificate chains to the CA), verify-full (and names the host)"
+)
+TLS_DEFAULT = "verify-full with --tls-ca, else prefer"
+TLS_CA_HELP = "PEM CA bundle the upstream's certificate must chain to (its text is stored in the catalog)"
+
+
 def add_source_set_options(sub: argparse.ArgumentParser) -> None:
     """`source set`: every option defaults to None (unchanged); pairs are mutually exclusive."""
     sub.add_argument("name")
@@ -1198,7 +1234,12 @@ def add_source_set_options(sub: argparse.ArgumentParser) -> None:
     write_pw = sub.add_mutually_exclusive_group()
     write_pw.add_argument("--write-password-env", metavar="VAR", help="new write password from $VAR")
     write_pw.add_argument("--write-password-stdin", action="store_true", help="new write password from stdin")
-    sub.add_argument("--tls", choices=[t.value for t in UpstreamTLS])
+    sub.add_argument("--tls", choices=[t.value for t in UpstreamTLS], help=TLS_HELP)
+    ca = sub.add_mutually_exclusive_group()
+    ca.add_argument("--tls-ca", metavar="FILE", help=TLS_CA_HELP + "; without --tls, also sets verify-full")
+    ca.add_argument(
+        "--no-tls-ca", action="store_true", help="remove the CA bundle (verify with the system's)"
+    )
     sub.add_argument("--pool-size", type=int, metavar="N")
     sub.add_argument("--pool-timeout", type=float, metavar="SECONDS")
     sub.add_argument("--approvals", type=int, metavar="N", help="approvals a change request needs")

@@ -7,8 +7,9 @@ module holds the parts that are the same for both, so they are written once.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from policies.types import Kind, Level, SourcePolicy
@@ -16,6 +17,7 @@ from proxy.errors import QueryBaseError
 from proxy.pool import Pool, Pooled, UpstreamConnectError
 from proxy.sessions import IDLE, WAITING, LiveSession
 from proxy.store.catalog import SourceCredentials
+from proxy.tlsfiles import describe_tls_failure, upstream_context
 
 if TYPE_CHECKING:
     from proxy.audit import AuditWriter
@@ -35,8 +37,13 @@ class UpstreamTarget:
     database: str
     user: str
     password: str | None
-    tls: str  # disable | prefer | require
+    tls: str  # disable | prefer | require | verify-ca | verify-full (proxy.tlsfiles.TLS_MODES)
     read_only: bool
+    tls_ca: str | None = field(default=None, repr=False)  # PEM CA bundle (verify modes); None: the system's
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The client-side TLS context for this target's mode and CA bundle (cached)."""
+        return upstream_context(self.tls, self.tls_ca)
 
 
 def upstream_target(creds: SourceCredentials, role: str) -> UpstreamTarget:
@@ -53,6 +60,7 @@ def upstream_target(creds: SourceCredentials, role: str) -> UpstreamTarget:
         password=creds.write_password if writer else creds.read_password,
         tls=view.tls,
         read_only=role == "read",
+        tls_ca=creds.tls_ca_pem,
     )
 
 
@@ -91,6 +99,9 @@ async def guarded_open(
     except TimeoutError:
         close()
         raise UpstreamConnectError(f"{where} did not answer within {CONNECT_TIMEOUT:g}s") from None
+    except ssl.SSLError as exc:  # before OSError, its base: say what TLS refused
+        close()
+        raise UpstreamConnectError(f"{where}: {describe_tls_failure(exc, target.tls)}") from None
     except OSError as exc:
         close()
         raise UpstreamConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from None

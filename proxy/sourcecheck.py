@@ -1,6 +1,6 @@
 """`source test`: log in to a source with its stored logins and report the server version or the exact error.
 
-Uses the driver libraries (asyncpg, aiomysql), not QueryBase's own upstream code, so an operator
+Uses the driver libraries (asyncpg, PyMySQL), not QueryBase's own upstream code, so an operator
 can tell a bad source definition from a QueryBase bug.
 """
 
@@ -11,14 +11,17 @@ import ssl
 import time
 from dataclasses import dataclass
 
-import aiomysql
 import asyncpg
 import pymysql
 
 from proxy.store.catalog import Catalog, SourceCredentials
-from proxy.tlsfiles import upstream_context
+from proxy.tlsfiles import describe_tls_failure, tls_required, upstream_context
 
 CONNECT_TIMEOUT = 10.0
+
+
+class NoTLS(OSError):
+    """The source requires TLS and the server went on without it."""
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,14 @@ class LoginResult:
     detail: str  # server version when ok, the driver's error otherwise
 
 
+def _context(creds: SourceCredentials) -> ssl.SSLContext:
+    return upstream_context(creds.view.tls, creds.tls_ca_pem)
+
+
 async def _postgres_login(creds: SourceCredentials, user: str, password: str | None) -> str:
     view = creds.view
-    ssl_arg: object = {"disable": False, "prefer": "prefer", "require": upstream_context()}[view.tls]
+    # An SSLContext makes asyncpg refuse a server without TLS (require and the verify modes).
+    ssl_arg: object = {"disable": False, "prefer": "prefer"}.get(view.tls) or _context(creds)
     conn = await asyncpg.connect(
         host=view.host,
         port=view.port,
@@ -47,32 +55,43 @@ async def _postgres_login(creds: SourceCredentials, user: str, password: str | N
         await conn.close()
 
 
-async def _mysql_login(creds: SourceCredentials, user: str, password: str | None) -> str:
+def _mysql_attempt(creds: SourceCredentials, user: str, password: str | None, use_tls: bool) -> str:
+    """One PyMySQL login (blocking: run in a thread). PyMySQL rather than aiomysql: aiomysql leaks
+    the socket of a failed TLS handshake, which `source test` exists to report."""
     view = creds.view
+    conn = pymysql.connect(
+        host=view.host,
+        port=view.port,
+        user=user,
+        password=password or "",
+        database=view.database,
+        ssl=_context(creds) if use_tls else None,
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=CONNECT_TIMEOUT,
+    )
+    try:
+        if tls_required(view.tls):
+            # PyMySQL goes on in the clear when the server offers no TLS: ask the server.
+            with conn.cursor() as cursor:
+                cursor.execute("SHOW SESSION STATUS LIKE 'Ssl_version'")
+                row = cursor.fetchone()
+            if not row or not row[1]:
+                raise NoTLS(f"the server does not offer TLS (tls = {view.tls})")
+        return f"MySQL-protocol server {conn.get_server_info()}"
+    finally:
+        conn.close()
 
-    async def attempt(use_tls: bool) -> str:
-        conn = await aiomysql.connect(
-            host=view.host,
-            port=view.port,
-            user=user,
-            password=password or "",
-            db=view.database,
-            ssl=upstream_context() if use_tls else None,
-            connect_timeout=CONNECT_TIMEOUT,
-        )
-        try:
-            return f"MySQL-protocol server {conn.get_server_info()}"
-        finally:
-            conn.close()
 
-    if view.tls == "disable":
-        return await attempt(False)
-    if view.tls == "require":
-        return await attempt(True)
+async def _mysql_login(creds: SourceCredentials, user: str, password: str | None) -> str:
+    tls = creds.view.tls
+    if tls == "disable":
+        return await asyncio.to_thread(_mysql_attempt, creds, user, password, False)
+    if tls_required(tls):
+        return await asyncio.to_thread(_mysql_attempt, creds, user, password, True)
     try:  # prefer: TLS when the server offers it, else plain
-        return await attempt(True)
-    except (pymysql.err.OperationalError, ssl.SSLError, RuntimeError):
-        return await attempt(False)
+        return await asyncio.to_thread(_mysql_attempt, creds, user, password, True)
+    except (pymysql.err.OperationalError, ssl.SSLError):
+        return await asyncio.to_thread(_mysql_attempt, creds, user, password, False)
 
 
 async def test_logins(creds: SourceCredentials) -> list[LoginResult]:
@@ -94,16 +113,33 @@ async def test_logins(creds: SourceCredentials) -> list[LoginResult]:
             asyncpg.InterfaceError,
             pymysql.err.MySQLError,
         ) as exc:
-            results.append(LoginResult(role, user, False, _describe(exc)))
+            results.append(LoginResult(role, user, False, _describe(exc, creds.view.tls)))
     return results
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, tls: str) -> str:
+    tls_failure = _ssl_cause(exc)
+    if tls_failure is not None:
+        return describe_tls_failure(tls_failure, tls)
+    if isinstance(exc, NoTLS):
+        return str(exc)
     if isinstance(exc, asyncpg.PostgresError):
         return f"{exc.sqlstate}: {exc}"
     if isinstance(exc, pymysql.err.MySQLError) and exc.args and isinstance(exc.args[0], int):
         return f"errno {exc.args[0]}: {exc.args[1] if len(exc.args) > 1 else ''}".strip()
     return f"{type(exc).__name__}: {exc}"
+
+
+def _ssl_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a driver's error (PyMySQL raises OperationalError 2003 from it)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Reachability:

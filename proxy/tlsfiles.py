@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 import os
 import socket
@@ -78,13 +79,97 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def upstream_context() -> ssl.SSLContext:
-    """The client-side context for upstream databases: encrypted, certificate not verified.
+# A source's `tls` modes, libpq's names (DESIGN.md: "TLS when the source asks"). MySQL sources use
+# the same words: verify-ca is MySQL's VERIFY_CA, verify-full its VERIFY_IDENTITY.
+TLS_MODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+VERIFYING_MODES = frozenset({"verify-ca", "verify-full"})
+ENCRYPTING_MODES = frozenset({"require", "verify-ca", "verify-full"})  # no TLS offered: refuse
 
-    A source's `tls = require` means "encrypt" (like libpq's sslmode=require); verifying the
-    upstream's certificate needs a per-source CA setting, which is not built yet.
+
+def tls_required(mode: str) -> bool:
+    """Whether a source in `mode` refuses an upstream that does not offer TLS."""
+    return mode in ENCRYPTING_MODES
+
+
+def tls_verified(mode: str) -> bool:
+    """Whether the upstream's certificate is checked against a CA (and, verify-full, its name)."""
+    return mode in VERIFYING_MODES
+
+
+def tls_warning(mode: str, has_ca: bool = False) -> str | None:
+    """What `source show` says about a source's TLS: None when the certificate is verified."""
+    unused = " (the stored CA bundle is not used in this mode)" if has_ca else ""
+    if mode == "disable":
+        return "NOT ENCRYPTED: logins and results cross the network in the clear" + unused
+    if mode == "prefer":
+        return (
+            "NOT VERIFIED: encrypted only when the server offers TLS, and any certificate is "
+            "accepted, so anyone on the path can impersonate the database" + unused
+        )
+    if mode == "require":
+        return (
+            "NOT VERIFIED: encrypted, but any certificate is accepted, so anyone on the path can "
+            "impersonate the database" + unused
+        )
+    return None
+
+
+def load_ca_bundle(pem: str) -> list[x509.Certificate]:
+    """The certificates of a PEM CA bundle; ValueError (one line) when it holds none or is not PEM."""
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise ValueError("not a PEM certificate bundle (no BEGIN CERTIFICATE line)")
+    try:
+        certs = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as exc:
+        raise ValueError(f"not a readable PEM certificate bundle: {exc}") from None
+    if not certs:
+        raise ValueError("the PEM bundle holds no certificate")
+    return certs
+
+
+def describe_ca_bundle(pem: str) -> tuple[str, ...]:
+    """One line per certificate of a stored bundle: subject, SHA-256 fingerprint (first 8 bytes),
+    last day of validity. For `source show`; the bundle itself is public, but long."""
+    lines = []
+    for cert in load_ca_bundle(pem):
+        digest = cert.fingerprint(hashes.SHA256()).hex(":")[:23]
+        until = cert.not_valid_after_utc.date().isoformat()
+        lines.append(f"{cert.subject.rfc4514_string()} (sha256 {digest}…, valid until {until})")
+    return tuple(lines)
+
+
+@functools.lru_cache(maxsize=64)
+def upstream_context(mode: str, ca_pem: str | None = None) -> ssl.SSLContext:
+    """The client-side context for an upstream database in a source's TLS `mode`.
+
+    prefer / require: encrypted, the certificate is not checked (libpq's sslmode=require).
+    verify-ca: the certificate must chain to `ca_pem` (else to the system's trust store).
+    verify-full: as verify-ca, and it must name the host QueryBase connects to (DNS or IP SAN).
+    Contexts are cached per (mode, bundle): building one and loading a bundle costs milliseconds,
+    which every pooled connect would otherwise pay.
     """
     context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not tls_verified(mode):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if ca_pem:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no system CAs: only the source's bundle
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_verify_locations(cadata=ca_pem)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"the source's CA bundle cannot be loaded: {exc}") from None
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = mode == "verify-full"
     return context
+
+
+def describe_tls_failure(exc: BaseException, mode: str) -> str:
+    """One line for a failed upstream TLS handshake: what was checked and why it failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        reason = exc.verify_message or exc.reason or str(exc)
+        return f"the server's TLS certificate was refused ({mode}): {reason}"
+    reason = getattr(exc, "reason", None) or str(exc)
+    return f"the TLS handshake failed ({mode}): {reason}"

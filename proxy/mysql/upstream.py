@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from proxy.errors import QueryBaseError
 from proxy.mysql import protocol as my
 from proxy.relay import UpstreamBase, UpstreamTarget
-from proxy.tlsfiles import upstream_context
+from proxy.tlsfiles import tls_required
 
 RESET_TIMEOUT = 10.0
 NATIVE = "mysql_native_password"
@@ -98,11 +98,11 @@ class UpstreamConnection(UpstreamBase[tuple[int, bytes]]):
             self.transport.write(my.make_packets(my.make_ssl_request(caps, self.charset), seq)[0])
             seq = my.next_seq(seq)
             new = await loop.start_tls(
-                self.transport, self._protocol, upstream_context(), server_hostname=target.host
+                self.transport, self._protocol, self.target.ssl_context(), server_hostname=target.host
             )
             self._transport = cast(asyncio.Transport, new)
             self.on_tls = True
-        elif target.tls == "require":
+        elif tls_required(target.tls):
             raise UpstreamError(f"upstream of source {target.source!r} does not offer TLS")
         else:
             caps &= ~my.Capability.CLIENT_SSL

@@ -14,7 +14,7 @@ from proxy.errors import QueryBaseError
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import SCRAM, ScramClient, md5_password
 from proxy.relay import UpstreamBase, UpstreamTarget
-from proxy.tlsfiles import upstream_context
+from proxy.tlsfiles import tls_required
 
 CONNECT_TIMEOUT = 10.0  # for the cancel connection
 RESET_TIMEOUT = 10.0
@@ -41,6 +41,7 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
         self.backend_pid = 0
         self.backend_key = b""
         self.status = b"I"
+        self.on_tls = False
         self._sasl_final = b""
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -81,11 +82,12 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
         self._protocol.raw_waiter = None
         if answer[:1] == b"S" and len(answer) == 1:
             new = await loop.start_tls(
-                self._transport, self._protocol, upstream_context(), server_hostname=self.target.host
+                self._transport, self._protocol, self.target.ssl_context(), server_hostname=self.target.host
             )
             self._transport = cast(asyncio.Transport, new)
+            self.on_tls = True
         elif answer[:1] == b"N" and len(answer) == 1:
-            if self.target.tls == "require":
+            if tls_required(self.target.tls):
                 raise UpstreamError(f"upstream of source {self.target.source!r} does not offer TLS")
         else:
             raise UpstreamError("upstream answered the SSLRequest with garbage")
@@ -114,7 +116,7 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                 )
             if code == pgp.AuthCode.CLEARTEXT_PASSWORD:
                 assert password is not None
-                if target.tls == "disable":
+                if not self.on_tls:  # `prefer` against a server without TLS included
                     raise UpstreamError(
                         "upstream asks for a cleartext password over an unencrypted connection"
                     )

@@ -33,6 +33,7 @@ from proxy.store.models import (
     utcnow,
 )
 from proxy.store.verifiers import make_verifiers, pg_md5_verifier
+from proxy.tlsfiles import describe_ca_bundle, load_ca_bundle, tls_verified, tls_warning
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 MIN_PASSWORD_LENGTH = 8
@@ -129,7 +130,8 @@ class SourceSpec:
     database: str
     read_user: str
     write_user: str | None = None
-    tls: UpstreamTLS = UpstreamTLS.PREFER
+    tls: UpstreamTLS | None = None  # None: verify-full when a CA bundle is given, else prefer
+    tls_ca_pem: str | None = None  # PEM CA bundle for verify-ca / verify-full
     pool_size: int = 10
     pool_timeout_seconds: float = 10.0
     approvals_required: int = 1
@@ -151,6 +153,7 @@ MUTABLE_SOURCE_FIELDS = frozenset(
         "write_user",
         "write_password",
         "tls",
+        "tls_ca_pem",
         "pool_size",
         "pool_timeout_seconds",
         "approvals_required",
@@ -161,6 +164,7 @@ MUTABLE_SOURCE_FIELDS = frozenset(
         "allowed_schemas",
     }
 )
+TLS_MODE_WORDS = ", ".join(t.value for t in UpstreamTLS)
 _SECRET_SOURCE_FIELDS = frozenset({"read_password", "write_password"})
 
 
@@ -192,6 +196,16 @@ def _check_source(row: Source) -> None:
                 raise InvalidInput(f"invalid schema name {schema!r} in allowed_schemas")
     if row.write_password_sealed is not None and row.write_user is None:
         raise InvalidInput("a write password needs a write user")
+    _check_ca(row.tls_ca_pem)
+
+
+def _check_ca(pem: str | None) -> None:
+    if pem is None:
+        return
+    try:
+        load_ca_bundle(pem)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid TLS CA bundle: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,9 @@ class SourceView:
     write_user: str | None
     write_password_set: bool
     tls: str
+    tls_verified: bool  # the upstream's certificate is checked (verify-ca, verify-full)
+    tls_warning: str | None  # said plainly when it is not
+    tls_ca: tuple[str, ...]  # the stored CA bundle, one line per certificate
     pool_size: int
     pool_timeout_seconds: float
     approvals_required: int
@@ -229,6 +246,7 @@ class SourceCredentials:
     view: SourceView
     read_password: str | None = field(repr=False)
     write_password: str | None = field(repr=False)
+    tls_ca_pem: str | None  # public, but long: not part of the view
 
 
 @dataclass(frozen=True)
@@ -250,6 +268,9 @@ def _source_view(src: Source, grants: Sequence[tuple[str, str]] = ()) -> SourceV
         write_user=src.write_user,
         write_password_set=src.write_password_sealed is not None,
         tls=src.tls.value,
+        tls_verified=tls_verified(src.tls.value),
+        tls_warning=tls_warning(src.tls.value, src.tls_ca_pem is not None),
+        tls_ca=describe_ca_bundle(src.tls_ca_pem) if src.tls_ca_pem else (),
         pool_size=src.pool_size,
         pool_timeout_seconds=src.pool_timeout_seconds,
         approvals_required=src.approvals_required,
@@ -574,6 +595,7 @@ class Catalog:
         if write_password is not None and spec.write_user is None:
             raise InvalidInput("a write password needs --write-user")
         box = self._require_box()
+        tls = spec.tls or (UpstreamTLS.VERIFY_FULL if spec.tls_ca_pem else UpstreamTLS.PREFER)
         row = Source(
             name=spec.name,
             engine=spec.engine,
@@ -588,7 +610,8 @@ class Catalog:
             write_password_sealed=(
                 box.seal(write_password, _seal_context(spec.name, "write")) if write_password else None
             ),
-            tls=spec.tls,
+            tls=tls,
+            tls_ca_pem=spec.tls_ca_pem,
             pool_size=spec.pool_size,
             pool_timeout_seconds=spec.pool_timeout_seconds,
             approvals_required=spec.approvals_required,
@@ -616,7 +639,8 @@ class Catalog:
                     "database": spec.database,
                     "read_user": spec.read_user,
                     "write_user": spec.write_user,
-                    "tls": spec.tls.value,
+                    "tls": tls.value,
+                    "tls_ca": list(describe_ca_bundle(spec.tls_ca_pem)) if spec.tls_ca_pem else None,
                     "pool_size": spec.pool_size,
                     "approvals_required": spec.approvals_required,
                     "ddl_approvals_required": spec.ddl_approvals_required,
@@ -655,13 +679,20 @@ class Catalog:
                     try:
                         value = UpstreamTLS(value)
                     except ValueError:
-                        raise InvalidInput(
-                            f"invalid tls mode {value!r}: use disable, prefer or require"
-                        ) from None
+                        raise InvalidInput(f"invalid tls mode {value!r}: use {TLS_MODE_WORDS}") from None
+                elif key == "tls_ca_pem":
+                    _check_ca(value)
+                    src.tls_ca_pem = value
+                    recorded["tls_ca"] = list(describe_ca_bundle(value)) if value else "cleared"
+                    continue
                 elif key == "allowed_schemas" and value is not None:
                     value = list(value)
                 setattr(src, key, value)
                 recorded[key] = value.value if isinstance(value, UpstreamTLS) else value
+            if changes.get("tls_ca_pem") and "tls" not in changes and not tls_verified(src.tls.value):
+                # A CA given without a mode means "verify with it" (the default where a CA is given).
+                src.tls = UpstreamTLS.VERIFY_FULL
+                recorded["tls"] = src.tls.value
             clears_write_user = "write_user" in changes and changes["write_user"] is None
             if clears_write_user and "write_password" not in changes and src.write_password_sealed:
                 src.write_password_sealed = None
@@ -706,7 +737,7 @@ class Catalog:
                 if src.write_password_sealed
                 else None
             )
-            return SourceCredentials(_source_view(src), read_pw, write_pw)
+            return SourceCredentials(_source_view(src), read_pw, write_pw, src.tls_ca_pem)
 
     async def remove_source(self, name: str, *, actor: str | None) -> None:
         async with self._store.write_session() as session, session.begin():

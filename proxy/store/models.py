@@ -62,6 +62,8 @@ class UpstreamTLS(enum.StrEnum):
     DISABLE = "disable"
     PREFER = "prefer"
     REQUIRE = "require"
+    VERIFY_CA = "verify-ca"  # MySQL's VERIFY_CA
+    VERIFY_FULL = "verify-full"  # MySQL's VERIFY_IDENTITY
 
 
 class RequestStatus(enum.StrEnum):
@@ -149,6 +151,9 @@ class Source(Base):
     write_user: Mapped[str | None] = mapped_column(String(255))
     write_password_sealed: Mapped[str | None] = mapped_column(Text)
     tls: Mapped[UpstreamTLS] = mapped_column(_enum(UpstreamTLS, "source_tls"), default=UpstreamTLS.PREFER)
+    # The CA bundle (PEM text) the upstream's certificate must chain to in verify-ca/verify-full;
+    # stored, not a path, so every QueryBase host of a shared store verifies the same way.
+    tls_ca_pem: Mapped[str | None] = mapped_column(Text)
     pool_size: Mapped[int] = mapped_column(Integer, default=10)
     pool_timeout_seconds: Mapped[float] = mapped_column(Float, default=10.0)
     approvals_required: Mapped[int] = mapped_column(Integer, default=1)

@@ -20,6 +20,7 @@ from proxy.cli import _os_user
 from proxy.config import load_settings
 from proxy.store import requests as rq
 from proxy.store.db import Store
+from proxy.tlsfiles import tls_warning
 from tests.support.querybase import ADMIN_PASSWORD, init_home, run_cli_in_process, start_serve
 
 pytestmark = pytest.mark.integration
@@ -255,6 +256,7 @@ def test_source_set_changes_only_the_given_options(config: Path) -> None:
         "host": "db2.internal",
         "port": 6543,
         "tls": "require",
+        "tls_warning": tls_warning("require"),  # prefer's warning before
         "pool_size": 3,
         "pool_timeout_seconds": 2.5,
         "approvals_required": 2,

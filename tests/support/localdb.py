@@ -278,12 +278,22 @@ ALTER DEFAULT PRIVILEGES FOR ROLE qb_admin, qb_scram IN SCHEMA public
 
 
 class PostgresCluster:
-    """A PostgreSQL cluster in `basedir`, on 127.0.0.1:`port` and a unix socket in `basedir`."""
+    """A PostgreSQL cluster in `basedir`, on 127.0.0.1:`port` and a unix socket in `basedir`.
+
+    `tls_files` (certificate, key), PEM: serve TLS with them instead of the self-signed pair made
+    in the data directory (tests of upstream certificate verification).
+    """
 
     def __init__(
-        self, basedir: Path | str, port: int | None = None, *, timeout: float = START_TIMEOUT
+        self,
+        basedir: Path | str,
+        port: int | None = None,
+        *,
+        timeout: float = START_TIMEOUT,
+        tls_files: tuple[Path, Path] | None = None,
     ) -> None:
         self.basedir = Path(basedir).absolute()
+        self.tls_files = tls_files
         self.datadir = self.basedir / "data"
         self.logfile = self.basedir / "postgres.log"
         self.host = HOST
@@ -402,7 +412,16 @@ class PostgresCluster:
         """Serve TLS with a self-signed certificate in the data directory (made once), so clients
         and QueryBase's upstream side can be tested with `sslmode=require`."""
         cert, key = self.datadir / "server.crt", self.datadir / "server.key"
-        if not (cert.exists() and key.exists()):
+        if self.tls_files is not None:
+            cert, key = self.datadir / "given.crt", self.datadir / "given.key"
+            shutil.copyfile(self.tls_files[0], cert)
+            shutil.copyfile(self.tls_files[1], key)
+            key.chmod(0o600)  # PostgreSQL refuses a key others can read
+            owner = self._owner()
+            if owner is not None:
+                for path in (cert, key):
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+        elif not (cert.exists() and key.exists()):
             from proxy.tlsfiles import generate_self_signed
 
             generate_self_signed(cert, key)
@@ -610,12 +629,21 @@ _MARIADB_OPTIONS = (
 
 
 class MariaDBServer:
-    """A MariaDB server in `basedir`, on 127.0.0.1:`port` and a unix socket in `basedir`."""
+    """A MariaDB server in `basedir`, on 127.0.0.1:`port` and a unix socket in `basedir`.
+
+    `tls_files` (certificate, key), PEM: serve TLS with them (without, the server offers no TLS).
+    """
 
     def __init__(
-        self, basedir: Path | str, port: int | None = None, *, timeout: float = START_TIMEOUT
+        self,
+        basedir: Path | str,
+        port: int | None = None,
+        *,
+        timeout: float = START_TIMEOUT,
+        tls_files: tuple[Path, Path] | None = None,
     ) -> None:
         self.basedir = Path(basedir).absolute()
+        self.tls_files = tls_files
         self.datadir = self.basedir / "data"
         self.logfile = self.basedir / "mariadb.log"
         self.socket = self.basedir / "mariadb.sock"
@@ -800,6 +828,8 @@ class MariaDBServer:
             argv += [f"--port={port}", f"--bind-address={HOST}", f"--socket={self.socket}"]
             argv += [f"--pid-file={self.pidfile}", f"--log-error={self.logfile}"]
             argv += [f"--secure-file-priv={self.basedir / 'files'}"]
+            if self.tls_files is not None:
+                argv += [f"--ssl-cert={self.tls_files[0]}", f"--ssl-key={self.tls_files[1]}"]
             argv += [*_MARIADB_OPTIONS, *self._user_option()]
             log_offset = _size(self.logfile)
             pid = self._spawn_detached(argv)
