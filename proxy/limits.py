@@ -25,27 +25,46 @@ class LoginRateLimited(LoginFailed):
 
 
 class LoginLimiter:
-    """Failed logins per user and per client address in a sliding window; past the limit, refuse."""
+    """Failed logins per user and per client address in a sliding window; past the limit, refuse.
+
+    Only keys with a failure inside the window are kept: a check never creates one, and a key
+    whose failures have all expired is dropped when next looked at. Under a spray of names or
+    addresses the table is bounded by `max_keys`: the keys whose last failure is oldest go first
+    (never the whole table at once, which would lift every lockout).
+    """
 
     def __init__(
-        self, per_user: int = 5, per_address: int = 20, window: float = 60.0, *, protocol: str = "api"
+        self,
+        per_user: int = 5,
+        per_address: int = 20,
+        window: float = 60.0,
+        *,
+        protocol: str = "api",
+        max_keys: int = 100_000,
     ) -> None:
         self._limits = {"user": per_user, "address": per_address}
         self._window = window
+        self._max_keys = max_keys
+        # Insertion order is the order of each key's last failure (a failure moves its key last).
         self._failures: dict[tuple[str, str], deque[float]] = {}
         self._rate_limited = metrics.LOGIN_FAILURES.labels(protocol, "rate_limited")
         self.protocol = protocol
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        times = self._failures.setdefault(key, deque())
+    def _recent(self, key: tuple[str, str], now: float) -> int:
+        """How many failures `key` has inside the window (dropping the key when none are left)."""
+        times = self._failures.get(key)
+        if times is None:
+            return 0
         while times and now - times[0] > self._window:
             times.popleft()
-        return times
+        if not times:
+            del self._failures[key]
+        return len(times)
 
     def check(self, user: str, address: str) -> None:
         now = time.monotonic()
         for kind, value in (("user", user), ("address", address)):
-            if len(self._recent((kind, value), now)) >= self._limits[kind]:
+            if self._recent((kind, value), now) >= self._limits[kind]:
                 self._rate_limited.inc()
                 raise LoginRateLimited(
                     f"too many failed logins for this {kind}; try again in {self._window:g} seconds"
@@ -56,6 +75,15 @@ class LoginLimiter:
         metrics.LOGIN_FAILURES.labels(self.protocol, reason).inc()
         now = time.monotonic()
         for key in (("user", user), ("address", address)):
-            self._recent(key, now).append(now)
-        if len(self._failures) > 100_000:  # bound memory under a spray of names
-            self._failures.clear()
+            self._recent(key, now)
+            times = self._failures.pop(key, None)
+            if times is None:
+                times = deque(maxlen=max(self._limits.values()))
+            times.append(now)
+            self._failures[key] = times  # last in order: the most recent failure
+        while len(self._failures) > self._max_keys:  # bound memory under a spray of names
+            del self._failures[next(iter(self._failures))]
+
+    def __len__(self) -> int:
+        """Keys currently tracked (for tests and the memory investigation)."""
+        return len(self._failures)
