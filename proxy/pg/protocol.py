@@ -457,6 +457,11 @@ def make_describe(what: bytes, name: bytes) -> bytes:
     return message(b"D", what + name + b"\x00")
 
 
+def make_close(what: bytes, name: bytes) -> bytes:
+    """Close of a statement (b"S") or portal (b"P")."""
+    return message(b"C", what + name + b"\x00")
+
+
 def make_execute(portal: bytes, max_rows: int = 0) -> bytes:
     return message(b"E", portal + b"\x00" + _I32.pack(max_rows))
 
