@@ -752,6 +752,14 @@ class MariaDBServer:
 
     # -- internals
 
+    def _tmpdir_option(self) -> list[str]:
+        # A private tmpdir: servers of other processes (another checkout, another pid namespace)
+        # may pick the same `#sql-temptable-<pid>-…` names in a shared /tmp and remove each
+        # other's, which fails mariadb-install-db ("Unknown table 'mysql.tmp_user_sys'").
+        tmpdir = self.basedir / "tmp"
+        tmpdir.mkdir(exist_ok=True)
+        return [f"--tmpdir={tmpdir}"]
+
     def _user_option(self) -> list[str]:
         # mariadbd refuses root unless told so explicitly; as root it needs no chown of basedir.
         return ["--user=root"] if os.geteuid() == 0 else []
@@ -761,7 +769,7 @@ class MariaDBServer:
             shutil.rmtree(self.datadir)  # left by an install-db that did not finish
         argv = [str(_mariadb_programs().install_db), "--no-defaults", f"--datadir={self.datadir}"]
         argv += ["--auth-root-authentication-method=normal", "--skip-test-db"]
-        argv += [*_MARIADB_OPTIONS, *self._user_option()]
+        argv += [*_MARIADB_OPTIONS, *self._tmpdir_option(), *self._user_option()]
         with self.logfile.open("a") as log:
             log.write(f"--- mariadb-install-db {self.datadir} ---\n")
             log.flush()
@@ -830,7 +838,7 @@ class MariaDBServer:
             argv += [f"--secure-file-priv={self.basedir / 'files'}"]
             if self.tls_files is not None:
                 argv += [f"--ssl-cert={self.tls_files[0]}", f"--ssl-key={self.tls_files[1]}"]
-            argv += [*_MARIADB_OPTIONS, *self._user_option()]
+            argv += [*_MARIADB_OPTIONS, *self._tmpdir_option(), *self._user_option()]
             log_offset = _size(self.logfile)
             pid = self._spawn_detached(argv)
             try:
