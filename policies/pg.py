@@ -245,8 +245,27 @@ _FUNCTIONS: dict[str, tuple[Kind, str]] = {
     # They run SQL given as text, which the classifier cannot see.
     **{
         name: (Kind.UNKNOWN, "runs SQL text the classifier cannot see")
-        for name in ("query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml")
+        for name in (
+            "query_to_xml",
+            "query_to_xmlschema",
+            "query_to_xml_and_xmlschema",
+            "cursor_to_xml",
+            "cursor_to_xmlschema",
+            "ts_stat",
+            "ts_rewrite",
+        )
     },
+    # Index maintenance that writes even inside a read-only transaction.
+    **{
+        name: (Kind.WRITE, "changes an index even in a read-only transaction")
+        for name in (
+            "brin_summarize_new_values",
+            "brin_summarize_range",
+            "brin_desummarize_range",
+            "gin_clean_pending_list",
+        )
+    },
+    "pg_stat_statements_reset": (Kind.PRIVILEGED, "resets server statistics"),
 }
 
 _FUNCTION_PREFIXES: tuple[tuple[str, Kind, str], ...] = (

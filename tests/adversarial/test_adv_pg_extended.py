@@ -323,3 +323,40 @@ def test_messages_after_terminate_are_ignored(gateway: Gateway, tmp_path: Path) 
         raw.send(b"X\x00\x00\x00\x04" + pgp.make_query("DELETE FROM items"))
         assert raw.read_all_until_eof() == []
     assert gateway.count() == len(ITEMS)
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_functions_that_run_sql_text_or_write_in_read_only_are_refused(
+    gateway: Gateway, pg_server: PostgresCluster
+) -> None:
+    """Rule (class 6, interim list): functions that execute SQL given as text, or write even in a
+    read-only transaction, are not reads. Directly on the database first: ts_stat really runs a
+    DELETE, and brin_summarize_new_values really changes the index inside a READ ONLY transaction."""
+    pg_server.execute_sql(
+        "DROP TABLE IF EXISTS brin_t; CREATE TABLE brin_t (v int); "
+        "CREATE INDEX brin_t_v ON brin_t USING brin (v) WITH (pages_per_range = 1); "
+        "INSERT INTO brin_t SELECT generate_series(1, 5000); GRANT SELECT ON brin_t TO qb_scram, qb_reader;"
+    )
+    pg_server.execute_sql(
+        "DROP SEQUENCE IF EXISTS adv_seq; CREATE SEQUENCE adv_seq; GRANT ALL ON adv_seq TO qb_scram;"
+    )
+    # The text ts_stat runs is invisible to a classifier; here it moves a sequence.
+    ts_stat = "SELECT * FROM ts_stat('SELECT to_tsvector(setval(''adv_seq'', 42)::text)')"
+    with RawPg(pg_server.host, pg_server.port) as direct:
+        direct.login("qb_scram", PG_PASSWORDS["qb_scram"], "qbtest")
+        direct.query(ts_stat)
+        assert direct.query("SELECT last_value FROM adv_seq")[0] == [[b"42"]], "ts_stat ran nothing"
+    summarized = pg_server.execute_sql(
+        "BEGIN READ ONLY; SELECT brin_summarize_new_values('brin_t_v'); COMMIT;"
+    ).split()
+    assert any(int(v) > 0 for v in summarized if v.isdigit()), "BRIN summarisation wrote nothing"
+    pg_server.execute_sql("SELECT brin_desummarize_range('brin_t_v', 0)")
+    with connect(gateway, "carol") as raw:
+        for sql in (
+            ts_stat,
+            "SELECT brin_summarize_new_values('brin_t_v')",
+            "SELECT gin_clean_pending_list('x')",
+        ):
+            with pytest.raises(ServerError) as caught:
+                raw.query(sql)
+            assert caught.value.sqlstate == "42501", sql

@@ -611,6 +611,13 @@ CASES = [
     case("promote", "SELECT pg_promote()", P),
     case("switch-wal", "SELECT pg_switch_wal()", P),
     case("stat-reset", "SELECT pg_stat_reset()", P),
+    case("stat-statements-reset", "SELECT pg_stat_statements_reset()", P),
+    # Issue 10 class 6 (interim: named here until the function allowlist replaces the list).
+    case("ts-stat-runs-sql-text", "SELECT * FROM ts_stat('DELETE FROM items RETURNING ''a''::tsvector')", U),
+    case("ts-rewrite-runs-sql-text", "SELECT ts_rewrite('a'::tsquery, 'SELECT 1')", U),
+    case("brin-summarize", "SELECT brin_summarize_new_values('items_brin')", W),
+    case("brin-summarize-range", "SELECT pg_catalog.brin_summarize_range('i', 0)", W),
+    case("gin-cleanup", "SELECT gin_clean_pending_list('items_gin'::regclass)", W),
     case("dblink", "SELECT * FROM dblink('host=x', 'select 1') AS t(a int)", P),
     case("dblink-exec", "SELECT dblink_exec('host=x', 'DELETE FROM t')", P),
     case("dblink-connect", "SELECT dblink_connect('c', 'host=x')", P),
