@@ -1,4 +1,5 @@
-"""One `querybase serve` with both listeners for the fuzz tests of this directory (tests/fuzz/target.py)."""
+"""One `querybase serve` with both listeners for the fuzz tests of this directory (tests/fuzz/target.py),
+shared by them (each test reads the log from where it stood when the test began)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tests.fuzz.target import Target, fuzz_gateway
 from tests.support.localdb import MariaDBServer, PostgresCluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fuzz_target(
     pg_server: PostgresCluster, mariadb_server: MariaDBServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Target]:

@@ -57,6 +57,15 @@ KNOWN: tuple[Known, ...] = (
         ),
     ),
     Known(
+        "pg-held-write-malformed-bind",
+        "proxy/pg/session.py PgSession._finish_refusal → _refusal_error → draft.parameters",
+        lambda line: (
+            "Task exception was never retrieved" in line
+            and "_finish_refusal" in line
+            and "ProtocolViolation" in line
+        ),
+    ),
+    Known(
         "my-upstream-data-after-client-closed",
         "proxy/mysql/session.py MySQLSession.upstream_data",
         lambda line: (

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `proxy` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.fuzz import driver, mycases, pgcases
-from tests.fuzz.target import Health, Target, checksums, fuzz_gateway, scan_log
+from tests.fuzz.target import Health, Target, checksums, fuzz_gateway, scan_log, scan_log_from
 
 # Allowed growth of serve's VmRSS between the sample after warm-up and the end, in MiB. What the
 # login investigation (docs/fuzzing.md) measured as the allocator's and caches' plateau, with room.
@@ -138,6 +138,7 @@ def fuzz_and_check(
 ) -> Summary:
     """Fuzz `target` until `messages` were sent or `seconds` passed, then check everything."""
     before = checksums(target)
+    log_offset = target.log_path.stat().st_size
     t0 = time.monotonic()
     samples: list[tuple[float, int]] = []
     run = driver.Run(target, seed, messages, time.monotonic() + seconds, protocols)
@@ -152,7 +153,7 @@ def fuzz_and_check(
     alive = target.alive()
     after = checksums(target)
     diff = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    found = scan_log(target.log_path)
+    found = scan_log_from(target.log_path, log_offset)
     warm = [kib for t, kib in samples if t >= warmup] or [kib for _, kib in samples] or [0]
     end_rss = target.rss_kib() or warm[-1]
     stats = run.stats

@@ -17,7 +17,7 @@ from tests.fuzz.target import Target
 
 pytestmark = pytest.mark.integration
 
-SECONDS = float(os.environ.get("FUZZ_TEST_SECONDS", "20"))
+SECONDS = float(os.environ.get("FUZZ_TEST_SECONDS", "15"))
 
 
 def test_fuzz_pg_listener(fuzz_target: Target) -> None:

@@ -12,6 +12,7 @@ fix lands they XPASS, fail the run, and the marker (and the entry in tests/fuzz/
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import socket
 import struct
@@ -23,7 +24,8 @@ from proxy.mysql import protocol as my
 from proxy.mysql.upstream import scramble_caching_sha2
 from proxy.pg import protocol as pgp
 from tests.fuzz.mycases import CAPABILITIES
-from tests.fuzz.target import MY_SOURCE, PASSWORDS, LogFindings, Target, scan_log_from
+from tests.fuzz.target import MY_SOURCE, PASSWORDS, PG_SOURCE, TABLE, LogFindings, Target, scan_log_from
+from tests.support.pgfront import RawPg
 
 pytestmark = pytest.mark.integration
 
@@ -119,3 +121,40 @@ def test_mysql_client_hangs_up_during_a_result(fuzz_target: Target) -> None:
     # Only this test's finding: a login task of the test before may be collected meanwhile.
     lines = [line for line in _clean(found).splitlines() if "MySQLSession._login" not in line]
     assert not lines, "\n".join(lines)
+
+
+def _malformed_bind() -> bytes:
+    """Bind "" from "" with one parameter whose length says 100 bytes but only 3 follow (and no
+    result-format count): framed correctly, its body truncated."""
+    body = b"\x00" + b"\x00" + struct.pack("!hh", 0, 1) + struct.pack("!i", 100) + b"abc"
+    return b"B" + struct.pack("!i", len(body) + 4) + body
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="proxy/pg/session.py: a held Execute parses its Bind's parameters in a task "
+    "(_finish_refusal → _refusal_error → draft.parameters → parse_bind); a malformed Bind raises "
+    "ProtocolViolation there: 'Task exception was never retrieved', and the client gets "
+    "ParseComplete, ErrorResponse and then no ReadyForQuery for its Sync",
+)
+def test_pg_held_write_with_a_malformed_bind(fuzz_target: Target) -> None:
+    offset = fuzz_target.log_path.stat().st_size
+    with RawPg(fuzz_target.host, fuzz_target.pg_port, timeout=5) as pg:
+        pg.login("fz_propose", PASSWORDS["fz_propose"], PG_SOURCE)
+        pg.send(
+            pgp.make_parse(b"", f"UPDATE {TABLE} SET name = $1".encode(), [])
+            + _malformed_bind()
+            + pgp.make_execute(b"")
+            + pgp.message(b"S")
+        )
+        answers = []
+        with contextlib.suppress(TimeoutError, OSError):
+            while (msg := pg.read_message()) is not None:
+                answers.append(msg[0])
+                if msg[0] == b"Z":
+                    break
+    gc.collect()
+    found = _settle(fuzz_target, offset)
+    assert not _clean(found), f"client got {answers}\n{_clean(found)}"
+    assert answers, "no answer"
+    assert answers[-1] in (b"Z", b"E"), answers  # an answer: an error, or the end of the batch
