@@ -178,3 +178,10 @@ pg_fingerprint_level = FingerprintLevel()
 classify_pg_cached = CachedClassifier(pg_fingerprint_level.classify)
 mysql_fingerprint_level = MySQLFingerprintLevel()
 classify_mysql_cached = CachedClassifier(mysql_fingerprint_level.classify)
+
+
+@functools.lru_cache(maxsize=1024)
+def classify_mysql_in_mode(sql: str, mode: mysql.SqlMode) -> Classification:
+    """MySQL sessions whose sql_mode changes lexing (ANSI_QUOTES, NO_BACKSLASH_ESCAPES): by exact
+    text and mode only (the literal-insensitive level tokenizes in the default mode)."""
+    return mysql.classify(sql, mode)

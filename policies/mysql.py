@@ -66,13 +66,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 
 from sqlglot import exp
 from sqlglot.dialects.mysql import MySQL
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokenizer_core import Token, TokenType
 
-from policies.types import RANK, Classification, Kind
+from policies.types import RANK, STRICTNESS, Classification, KillTarget, Kind
 
 _DIALECT = MySQL()
 
@@ -82,7 +84,18 @@ _RANK = RANK
 class _Facts:
     """What one statement does: the mutable accumulator of a classification."""
 
-    __slots__ = ("ctes", "executes", "kind", "prepares", "reason", "tables")
+    __slots__ = (
+        "ctes",
+        "executes",
+        "kill",
+        "kind",
+        "prepares",
+        "reason",
+        "schemas",
+        "sets",
+        "tables",
+        "uses",
+    )
 
     def __init__(self) -> None:
         self.kind = Kind.READ
@@ -91,6 +104,10 @@ class _Facts:
         self.ctes: set[str] = set()
         self.prepares: str | None = None
         self.executes: str | None = None
+        self.kill: KillTarget | None = None
+        self.uses: str | None = None
+        self.sets: dict[str, str | None] = {}
+        self.schemas: set[str] = set()
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -102,11 +119,14 @@ class _Facts:
         self.note(other.kind, other.reason)
         self.tables |= other.tables
         self.ctes |= other.ctes
+        self.schemas |= other.schemas
+        self.kill = self.kill or other.kill
+        self.uses = other.uses or self.uses
+        self.sets.update(other.sets)
 
 
 # --- lexing -----------------------------------------------------------------------------------------
 
-_EXEC_COMMENT = re.compile(r"/\*M?!\d{0,6}")
 _QUOTED = frozenset(
     {
         TokenType.STRING,
@@ -121,14 +141,65 @@ _QUOTED = frozenset(
 _COMMAND_TOKENS = frozenset(_DIALECT.tokenizer_class.COMMANDS)
 
 
-def _skip_quoted(sql: str, i: int) -> int:
-    """Index just past the quoted string/identifier starting at `sql[i]` (MySQL escaping rules)."""
+@dataclass(frozen=True, slots=True)
+class SqlMode:
+    """The parts of a session's `sql_mode` that change how the server splits text into tokens."""
+
+    ansi_quotes: bool = False  # "…" is an identifier, not a string
+    no_backslash_escapes: bool = False  # \\ is an ordinary character inside strings
+
+
+DEFAULT_MODE = SqlMode()
+# sql_mode flags under which the server parses a different language: QueryBase cannot classify
+# statements under them (MariaDB's ORACLE mode has its own grammar; MSSQL is refused with it).
+UNSUPPORTED_MODE_FLAGS = frozenset({"ORACLE", "MSSQL"})
+
+
+# Client character sets QueryBase can read as the server does, with the Python codec for each: in
+# all of them every byte of a non-ASCII character is >= 0x80, so quotes, backslashes and
+# comment markers are the ASCII bytes they look like. Multibyte sets whose characters can contain
+# 0x5C or a quote (sjis, cp932, big5, gbk, gb18030) are refused, as are the rest (fail closed).
+SAFE_CLIENT_CHARSETS = {
+    "utf8mb4": "utf-8",
+    "utf8mb3": "utf-8",
+    "utf8": "utf-8",
+    "latin1": "latin-1",
+    "ascii": "latin-1",
+    "binary": "latin-1",
+}
+
+
+def sql_mode_flags(value: str) -> frozenset[str]:
+    """The flags of an `sql_mode` value as the server reports it (comma-separated, any case)."""
+    return frozenset(flag.strip().upper() for flag in value.split(",") if flag.strip())
+
+
+def lexing_mode(value: str) -> SqlMode:
+    """The lexing-relevant part of an `sql_mode` value (`ANSI` implies `ANSI_QUOTES`)."""
+    flags = sql_mode_flags(value)
+    return SqlMode(
+        ansi_quotes=bool(flags & {"ANSI_QUOTES", "ANSI"}),
+        no_backslash_escapes="NO_BACKSLASH_ESCAPES" in flags,
+    )
+
+
+class Ambiguous(Exception):
+    """The text can be read in more than one way by the servers QueryBase fronts: unknown."""
+
+
+_EXEC_COMMENT = re.compile(r"/\*M?!\d{0,6}")  # the marker only, matched at a known position
+_COMMENT_END_AFTER_DASHES = frozenset(" \t\n\r\f\v")
+
+
+def _quoted_end(sql: str, i: int, backslash: bool) -> int:
+    """Index just past the quoted string/identifier starting at `sql[i]`, as the server scans it:
+    the quote doubled is one quote; `\\` escapes the next character when `backslash`."""
     quote = sql[i]
     j = i + 1
     n = len(sql)
     while j < n:
         c = sql[j]
-        if c == "\\" and quote != "`":
+        if c == "\\" and backslash:
             j += 2
         elif c == quote:
             if j + 1 < n and sql[j + 1] == quote:
@@ -137,52 +208,108 @@ def _skip_quoted(sql: str, i: int) -> int:
                 return j + 1
         else:
             j += 1
-    return n
+    raise Ambiguous(f"unterminated {quote}-quoted text")
 
 
-def _unwrap_executable_comments(sql: str) -> str:
-    """Replace `/*!NNNNN` / `/*M!NNNNN` and their closing `*/` with spaces, keeping the content."""
+def _dash_comment(sql: str, i: int) -> bool:
+    """Whether the `--` at `sql[i]` starts a comment. The server's rule: only when the next byte is
+    ASCII whitespace or a control character (or the text ends). A non-ASCII character there is
+    read differently by different character sets' tables: ambiguous, so refused."""
+    if i + 2 >= len(sql):
+        return True
+    after = sql[i + 2]
+    if after in _COMMENT_END_AFTER_DASHES or ord(after) < 32 or ord(after) == 127:
+        return True
+    if ord(after) > 127:
+        raise Ambiguous("`--` followed by a non-ASCII character")
+    return False
+
+
+def canonical(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
+    """The text as the server will tokenize it under `mode`, rewritten so that sqlglot's MySQL
+    tokenizer (which knows neither mode) reads exactly the same token boundaries:
+
+    - comments (`#`, `-- `, `/* */`, optimizer hints) become one space; executable comments
+      (`/*!NNNNN … */`, MariaDB `/*M!NNNNN … */`) keep their content, which the server runs — and
+      must end at the first `*/` whether or not the server runs them (else ambiguous);
+    - `--` that is not a comment (`SELECT 1 --1`) becomes `- -`, as the server reads it;
+    - `"…"` under ANSI_QUOTES becomes a backquoted identifier; under NO_BACKSLASH_ESCAPES a
+      backslash in a string is doubled, so it stays one ordinary character;
+    - non-ASCII whitespace outside quotes (which Python calls space and the server does not) and
+      anything else the servers could read two ways raise `Ambiguous`.
+    """
     out: list[str] = []
     i = 0
     n = len(sql)
-    inside = False
+    backslash = not mode.no_backslash_escapes
+    exec_end = -1  # inside an executable comment: where its `*/` is
     while i < n:
+        if exec_end >= 0 and i >= exec_end:
+            if i != exec_end:
+                raise Ambiguous("an executable comment's `*/` falls inside a quoted text or comment")
+            out.append(" ")
+            i += 2
+            exec_end = -1
+            continue
         c = sql[i]
-        if c in "'\"`":
-            j = _skip_quoted(sql, i)
+        if c == "'" or (c == '"' and not mode.ansi_quotes):
+            j = _quoted_end(sql, i, backslash)
+            body = sql[i:j]
+            out.append(body if backslash else body.replace("\\", "\\\\"))
+            i = j
+        elif c == '"':  # ANSI_QUOTES: an identifier
+            j = _quoted_end(sql, i, False)
+            name = sql[i + 1 : j - 1].replace('""', '"')
+            out.append("`" + name.replace("`", "``") + "`")
+            i = j
+        elif c == "`":
+            j = _quoted_end(sql, i, False)
             out.append(sql[i:j])
             i = j
-        elif sql.startswith("/*", i):
-            marker = _EXEC_COMMENT.match(sql, i)
-            if marker is not None and not inside:
-                out.append(" ")
-                inside = True
-                i = marker.end()
-            else:
-                j = sql.find("*/", i + 2)
-                j = n if j < 0 else j + 2
-                out.append(sql[i:j])
-                i = j
-        elif inside and sql.startswith("*/", i):
-            out.append(" ")
-            inside = False
-            i += 2
-        elif c == "#" or (sql.startswith("--", i) and (i + 2 >= n or sql[i + 2] in " \t\r\n\f\v")):
+        elif c == "#" or (c == "-" and sql.startswith("--", i) and _dash_comment(sql, i)):
             j = sql.find("\n", i)
             j = n if j < 0 else j
-            out.append(sql[i:j])
+            if exec_end >= 0 and j > exec_end:
+                raise Ambiguous("a line comment runs past an executable comment's `*/`")
+            out.append(" ")
             i = j
+        elif c == "-" and sql.startswith("--", i):
+            out.append("- ")
+            i += 1
+        elif c == "/" and sql.startswith("/*", i):
+            marker = _EXEC_COMMENT.match(sql, i)
+            if exec_end >= 0:
+                raise Ambiguous("a comment inside an executable comment")
+            end = sql.find("*/", i + 2)
+            if end < 0:
+                raise Ambiguous("unterminated comment")
+            if marker is not None:
+                exec_end = end
+                i = marker.end()
+            else:
+                i = end + 2
+            out.append(" ")
+        elif ord(c) > 127 and c.isspace():
+            raise Ambiguous(f"non-ASCII whitespace U+{ord(c):04X} outside quotes")
         else:
             out.append(c)
             i += 1
+    if exec_end >= 0:
+        raise Ambiguous("unterminated executable comment")
     return "".join(out)
+
+
+_MODE: ContextVar[SqlMode] = ContextVar("mysql_sql_mode", default=DEFAULT_MODE)
 
 
 def _tokenize(sql: str) -> list[Token]:
     return list(_DIALECT.tokenize(sql))
 
 
-tokenize = _tokenize  # for the literal-insensitive cache level (policies/cache.py)
+def tokenize(sql: str) -> list[Token]:
+    """The tokens of `sql` as the server reads it in the default sql_mode (for the
+    literal-insensitive cache level, policies/cache.py). Raises on ambiguous or unreadable text."""
+    return _tokenize(canonical(sql))
 
 
 def _split(tokens: Sequence[Token]) -> list[list[Token]]:
@@ -263,6 +390,92 @@ _FUNCTIONS: dict[str, tuple[Kind, str]] = {
     "SETVAL": (Kind.WRITE, "SETVAL() sets a sequence"),
 }
 _DML_NODES = (exp.Insert, exp.Update, exp.Delete, exp.Merge)
+
+# Functions a read may call (DESIGN.md §3: an allowlist; unknown functions fail closed). Built-ins
+# of MySQL 8 and MariaDB 10/11 vetted by category: they compute values from their arguments or
+# the session and touch no table, file, lock, replication state or other session. Some are also
+# classified in `_FUNCTIONS` (named locks are session; LOAD_FILE is privileged). Words of the
+# grammar that sqlglot's tokenizer hands over as plain names before "(" are listed with them.
+# Deliberately absent: BENCHMARK (burns the server's CPU for as long as the caller likes),
+# MASTER_POS_WAIT / MASTER_GTID_WAIT / SOURCE_POS_WAIT / WAIT_FOR_EXECUTED_GTID_SET (replication
+# waits), ROLES_GRAPHML (reads the grant tables), sys_exec/sys_eval-style UDFs, and every
+# stored or loadable function. SLEEP is allowed: it only holds the caller's own statement.
+_SAFE_FUNCTION_GROUPS = {
+    "string": """ASCII BIN BIT_LENGTH CHAR CHAR_LENGTH CHARACTER_LENGTH CHR CONCAT CONCAT_WS ELT
+        EXPORT_SET EXTRACTVALUE FIELD FIND_IN_SET FORMAT FROM_BASE64 HEX INSERT INSTR LCASE LEFT
+        LENGTH LENGTHB LOCATE LOWER LPAD LTRIM MAKE_SET MID NATURAL_SORT_KEY OCT OCTET_LENGTH ORD
+        POSITION QUOTE REGEXP_INSTR REGEXP_LIKE REGEXP_REPLACE REGEXP_SUBSTR REPEAT REPLACE REVERSE
+        RIGHT RPAD RTRIM SFORMAT SOUNDEX SPACE STRCMP SUBSTR SUBSTRING SUBSTRING_INDEX TO_BASE64
+        TO_CHAR TRIM UCASE UNHEX UPPER UPDATEXML WEIGHT_STRING CAST CONVERT COLLATION CHARSET
+        COERCIBILITY COLUMN_ADD COLUMN_CHECK COLUMN_CREATE COLUMN_DELETE COLUMN_EXISTS COLUMN_GET
+        COLUMN_JSON COLUMN_LIST""",
+    "numeric": """ABS ACOS ASIN ATAN ATAN2 BIT_COUNT CEIL CEILING CONV COS COT CRC32 CRC32C DEGREES
+        EXP FLOOR GREATEST LEAST LN LOG LOG10 LOG2 MOD PI POW POWER RADIANS RAND ROUND SIGN SIN
+        SQRT TAN TRUNCATE""",
+    "date and time": """ADDDATE ADDTIME ADD_MONTHS CONVERT_TZ CURDATE CURRENT_DATE CURRENT_TIME
+        CURRENT_TIMESTAMP CURTIME DATE DATE_ADD DATE_FORMAT DATE_SUB DATEDIFF DAY DAYNAME
+        DAYOFMONTH DAYOFWEEK DAYOFYEAR EXTRACT FORMAT_PICO_TIME FROM_DAYS FROM_UNIXTIME GET_FORMAT
+        HOUR LAST_DAY LOCALTIME LOCALTIMESTAMP MAKEDATE MAKETIME MICROSECOND MINUTE MONTH MONTHNAME
+        NOW PERIOD_ADD PERIOD_DIFF QUARTER SEC_TO_TIME SECOND STR_TO_DATE SUBDATE SUBTIME SYSDATE
+        TIME TIME_FORMAT TIME_TO_SEC TIMEDIFF TIMESTAMP TIMESTAMPADD TIMESTAMPDIFF TO_DAYS
+        TO_SECONDS UNIX_TIMESTAMP UTC_DATE UTC_TIME UTC_TIMESTAMP WEEK WEEKDAY WEEKOFYEAR YEAR
+        YEARWEEK""",
+    "aggregate and window": """ANY_VALUE AVG BIT_AND BIT_OR BIT_XOR COUNT GROUP_CONCAT
+        JSON_ARRAYAGG JSON_OBJECTAGG MAX MEDIAN MIN STD STDDEV STDDEV_POP STDDEV_SAMP SUM VAR_POP
+        VAR_SAMP VARIANCE PERCENTILE_CONT PERCENTILE_DISC CUME_DIST DENSE_RANK FIRST_VALUE LAG
+        LAST_VALUE LEAD NTH_VALUE NTILE PERCENT_RANK RANK ROW_NUMBER GROUPING""",
+    "control flow": "IF IFNULL NULLIF COALESCE ISNULL NVL NVL2 INTERVAL DEFAULT VALUES VALUE",
+    "json": """JSON_ARRAY JSON_ARRAY_APPEND JSON_ARRAY_INSERT JSON_ARRAY_INTERSECT JSON_COMPACT
+        JSON_CONTAINS JSON_CONTAINS_PATH JSON_DEPTH JSON_DETAILED JSON_EQUALS JSON_EXISTS
+        JSON_EXTRACT JSON_INSERT JSON_KEY_VALUE JSON_KEYS JSON_LENGTH JSON_LOOSE JSON_MERGE
+        JSON_MERGE_PATCH JSON_MERGE_PRESERVE JSON_NORMALIZE JSON_OBJECT JSON_OBJECT_FILTER_KEYS
+        JSON_OBJECT_TO_ARRAY JSON_OVERLAPS JSON_PRETTY JSON_QUERY JSON_QUOTE JSON_REMOVE
+        JSON_REPLACE JSON_SCHEMA_VALID JSON_SCHEMA_VALIDATION_REPORT JSON_SEARCH JSON_SET
+        JSON_STORAGE_FREE JSON_STORAGE_SIZE JSON_TABLE JSON_TYPE JSON_UNQUOTE JSON_VALID
+        JSON_VALUE""",
+    "session information": """CONNECTION_ID CURRENT_ROLE CURRENT_USER DATABASE FOUND_ROWS
+        ICU_VERSION LAST_INSERT_ID ROW_COUNT SCHEMA SESSION_USER SYSTEM_USER USER VERSION""",
+    "hashing and encryption": """AES_DECRYPT AES_ENCRYPT COMPRESS KDF MD5 RANDOM_BYTES SHA SHA1
+        SHA2 STATEMENT_DIGEST STATEMENT_DIGEST_TEXT UNCOMPRESS UNCOMPRESSED_LENGTH
+        VALIDATE_PASSWORD_STRENGTH""",
+    "identifiers and addresses": """BIN_TO_UUID UUID_TO_BIN IS_UUID UUID UUID_SHORT SYS_GUID
+        INET_ATON INET_NTOA INET6_ATON INET6_NTOA IS_IPV4 IS_IPV6 IS_IPV4_COMPAT IS_IPV4_MAPPED
+        NAME_CONST""",
+    "spatial constructors": """POINT LINESTRING POLYGON MULTIPOINT MULTILINESTRING MULTIPOLYGON
+        GEOMETRYCOLLECTION GEOMCOLLECTION""",
+    "sequences (read)": "LASTVAL",
+    "named locks (session, see _FUNCTIONS)": """GET_LOCK RELEASE_LOCK RELEASE_ALL_LOCKS IS_FREE_LOCK
+        IS_USED_LOCK""",
+    "sleep": "SLEEP",
+    "grammar words before (": "MATCH AGAINST COLUMNS NESTED PATH ORDINALITY OVER WITHIN",
+}
+_SAFE_FUNCTIONS = frozenset(name for group in _SAFE_FUNCTION_GROUPS.values() for name in group.split())
+_SAFE_FUNCTION_PREFIXES = ("ST_", "MBR")  # spatial functions: pure
+_CALL_NAMES = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+
+
+def _check_calls(stmt: _Stmt, facts: _Facts) -> None:
+    """A statement that would otherwise pass (read, session, transaction) may call only allowlisted
+    functions: a name followed by "(" that is qualified (`db.f(`, a stored function), backquoted,
+    or not a vetted built-in makes it unknown, with the function named in the reason."""
+    tokens = stmt.tokens
+    for index in range(len(tokens) - 1):
+        token = tokens[index]
+        if tokens[index + 1].token_type is not TokenType.L_PAREN or token.token_type not in _CALL_NAMES:
+            continue
+        before = tokens[index - 1] if index else None
+        if before is not None and before.token_type is TokenType.DOT and index >= 2:
+            name = f"{tokens[index - 2].text}.{token.text}"
+            facts.note(Kind.UNKNOWN, f"function {name}() is a stored function, not known to be safe")
+            return
+        if (before is not None and _word(before) == "AS") or token.text in facts.ctes:
+            continue  # a derived table's or CTE's column list
+        upper = token.text.upper()
+        if token.token_type is TokenType.IDENTIFIER or not (
+            upper in _SAFE_FUNCTIONS or upper.startswith(_SAFE_FUNCTION_PREFIXES)
+        ):
+            facts.note(Kind.UNKNOWN, f"function {token.text}() is not known to be safe")
+            return
 
 
 def _table_name(node: exp.Table) -> str | None:
@@ -443,6 +656,26 @@ def _is_true(value: exp.Expr | None) -> bool:
     return False
 
 
+SQL_MODE = "sql_mode"
+CLIENT_CHARSET = "character_set_client"
+# Session variables that change how the server lexes later text (DESIGN.md §3, binding rules).
+_LEXING_VARIABLES = {SQL_MODE: SQL_MODE, CLIENT_CHARSET: CLIENT_CHARSET}
+
+
+def _literal_setting(value: exp.Expr | None) -> str | None:
+    """A SET value the classifier can read (`'ANSI_QUOTES'`, `utf8mb4`), lower-cased for charsets
+    by the caller; None for DEFAULT, variables and expressions."""
+    if isinstance(value, exp.Literal) and value.is_string:
+        return str(value.this)
+    if isinstance(value, exp.Var) and str(value.this).upper() != "DEFAULT":
+        return str(value.this)
+    if isinstance(value, exp.Column) and not value.table and not value.this.args.get("quoted"):
+        return value.name if value.name.upper() != "DEFAULT" else None
+    if isinstance(value, exp.Column) and not value.table:
+        return value.name
+    return None
+
+
 def _set_item(item: exp.Expr, facts: _Facts) -> None:
     if not isinstance(item, exp.SetItem):
         facts.note(Kind.UNKNOWN, f"unrecognised SET item {type(item).__name__}")
@@ -450,6 +683,7 @@ def _set_item(item: exp.Expr, facts: _Facts) -> None:
     scope = str(item.args.get("kind") or "").upper()
     if scope in {"NAMES", "CHARACTER SET"}:
         facts.note(Kind.SESSION, f"SET {scope}")
+        facts.sets[CLIENT_CHARSET] = _literal_setting(item.this)
         return
     if scope == "TRANSACTION":
         modes = " ".join(str(mode.name).upper() for mode in item.expressions)
@@ -477,6 +711,8 @@ def _set_item(item: exp.Expr, facts: _Facts) -> None:
     else:
         facts.note(Kind.UNKNOWN, f"unrecognised SET target {type(target).__name__}")
         return
+    if name in _LEXING_VARIABLES:
+        facts.sets[_LEXING_VARIABLES[name]] = _literal_setting(value)
     if scope in _GLOBAL_SCOPES:
         facts.note(Kind.PRIVILEGED, f"SET {scope} {name} changes the server")
     elif name in _READ_ONLY_VARIABLES:
@@ -492,9 +728,6 @@ def _set_item(item: exp.Expr, facts: _Facts) -> None:
         facts.note(Kind.SESSION, f"SET {name}")
 
 
-_SET_STATEMENT = re.compile(r"\s*SET\s+STATEMENT\s+(.+?)\s+FOR\s+(.+)", re.IGNORECASE | re.DOTALL)
-
-
 def _set(stmt: _Stmt, facts: _Facts) -> None:
     second = stmt.word(1)
     if second in {"ROLE", "PASSWORD"} or (second == "DEFAULT" and stmt.word(2) == "ROLE"):
@@ -503,14 +736,15 @@ def _set(stmt: _Stmt, facts: _Facts) -> None:
         return
     if second == "STATEMENT":
         # MariaDB: SET STATEMENT var=value[, ...] FOR stmt — the stricter of the assignments (as a
-        # session SET) and the inner statement. A FOR inside a value splits wrongly and then fails
-        # to parse: unknown, so still closed.
-        found = _SET_STATEMENT.match(stmt.text)
-        if found is None:
+        # session SET) and the inner statement. FOR is found as a word (never inside a string).
+        at = next((i for i in range(2, len(stmt.words)) if stmt.words[i] == "FOR"), None)
+        if at is None or at < 3:
             facts.note(Kind.UNKNOWN, "SET STATEMENT without FOR")
             return
-        facts.absorb(_statement_text(f"SET SESSION {found.group(1)}"))
-        facts.absorb(_statement_text(found.group(2)))
+        base = stmt.tokens[0].start
+        assignments = stmt.text[stmt.tokens[2].start - base : stmt.tokens[at].start - base]
+        facts.absorb(_statement_text(f"SET SESSION {assignments}"))
+        facts.absorb(_statement_text(stmt.text[stmt.tokens[at].end + 1 - base :]))
         return
     if second == "RESOURCE":
         facts.note(Kind.UNKNOWN, f"SET {second} is not classified")
@@ -592,25 +826,68 @@ def _analyze(stmt: _Stmt, facts: _Facts) -> None:
     facts.note(inner.kind, f"ANALYZE runs {inner.reason}" if inner.reason else "")
 
 
-def _prepare(stmt: _Stmt, facts: _Facts) -> None:
-    name = stmt.tokens[1].text if len(stmt.tokens) > 1 else ""
-    facts.prepares = name or None
-    source = stmt.tokens[3:] if stmt.word(2) == "FROM" else []
-    literals = [token for token in source if token.token_type is not TokenType.INTRODUCER]
+# Statement names that are keywords of PREPARE/EXECUTE's own grammar: `EXECUTE IMMEDIATE 'text'`
+# must never be mistaken for executing a statement named "immediate".
+_KEYWORD_STATEMENT_NAMES = frozenset({"IMMEDIATE", "USING", "FROM"})
+
+
+def _statement_name(stmt: _Stmt, facts: _Facts) -> str | None:
+    """The (case-insensitive, so lower-cased) statement name of PREPARE/EXECUTE/DEALLOCATE."""
+    index = 2 if stmt.words[0] in {"DEALLOCATE", "DROP"} else 1
+    token = stmt.tokens[index] if index < len(stmt.tokens) else None
+    if token is None or (
+        token.token_type not in (TokenType.VAR, TokenType.IDENTIFIER) and not token.text.isidentifier()
+    ):
+        facts.note(Kind.UNKNOWN, f"{stmt.words[0]} without a statement name")
+        return None
+    if token.token_type is not TokenType.IDENTIFIER and token.text.upper() in _KEYWORD_STATEMENT_NAMES:
+        facts.note(Kind.UNKNOWN, f"{stmt.words[0]} of a statement named {token.text.upper()}, a keyword")
+        return None
+    return token.text.lower()
+
+
+def _text_source(tokens: Sequence[Token], label: str, facts: _Facts) -> Classification | None:
+    """The statement `PREPARE … FROM 'text'` / `EXECUTE IMMEDIATE 'text'` gives the server, classified
+    under the session's sql_mode (it is new text to the server); None (unknown) if not a literal."""
+    literals = [token for token in tokens if token.token_type is not TokenType.INTRODUCER]
     if not literals or any(token.token_type is not TokenType.STRING for token in literals):
-        facts.note(Kind.UNKNOWN, f"PREPARE {name} from a variable or expression: text not visible")
-        return
-    inner = classify("".join(token.text for token in literals))
+        facts.note(Kind.UNKNOWN, f"{label} from a variable or expression: text not visible")
+        return None
+    inner = classify("".join(token.text for token in literals), _MODE.get())
     if inner.statements != 1:
-        facts.note(Kind.UNKNOWN, f"PREPARE {name} of {inner.statements} statements")
-        return
+        facts.note(Kind.UNKNOWN, f"{label} of {inner.statements} statements")
+        return None
     facts.tables |= set(inner.tables)
+    facts.schemas |= set(inner.schemas)
+    facts.sets.update(inner.sets)
+    facts.kill = facts.kill or inner.kill  # the session translates or refuses it
+    facts.uses = inner.uses or facts.uses
     facts.note(inner.kind, inner.reason)
+    return inner
+
+
+def _prepare(stmt: _Stmt, facts: _Facts) -> None:
+    name = _statement_name(stmt, facts)
+    if name is None:
+        return
+    facts.prepares = name
+    if stmt.word(2) != "FROM":
+        facts.note(Kind.UNKNOWN, f"PREPARE {name} without FROM")
+        return
+    _text_source(stmt.tokens[3:], f"PREPARE {name}", facts)
 
 
 def _execute(stmt: _Stmt, facts: _Facts) -> None:
-    name = stmt.tokens[1].text if len(stmt.tokens) > 1 else ""
-    facts.executes = name or None
+    if stmt.word(1) == "IMMEDIATE":
+        # MariaDB: EXECUTE IMMEDIATE 'text' [USING …] runs the text at once, like PREPARE + EXECUTE.
+        using = next((i for i in range(2, len(stmt.words)) if stmt.words[i] == "USING"), len(stmt.words))
+        _text_source(stmt.tokens[2:using], "EXECUTE IMMEDIATE", facts)
+        facts.note(Kind.SESSION, "EXECUTE IMMEDIATE")
+        return
+    name = _statement_name(stmt, facts)
+    if name is None:
+        return
+    facts.executes = name
     facts.note(Kind.UNKNOWN, f"EXECUTE {name}: what it runs was recorded at PREPARE")
 
 
@@ -710,7 +987,85 @@ def _handler(stmt: _Stmt, facts: _Facts) -> None:
 
 
 def _kill(stmt: _Stmt, facts: _Facts) -> None:
-    facts.note(Kind.SESSION, "KILL (the session translates connection ids)")
+    """KILL [HARD|SOFT] [CONNECTION|QUERY [ID]] id, KILL [HARD|SOFT] USER name: a `KillTarget`.
+    Only a plain integer literal names a connection the session can translate; anything else
+    (an expression, a user, MariaDB's query id) is reported with `thread=None`."""
+    words = stmt.words
+    index = 1
+    form = ["KILL"]
+    if stmt.word(index) in {"HARD", "SOFT"}:
+        form.append(words[index])
+        index += 1
+    query_only = False
+    resolvable = True
+    if stmt.word(index) in {"CONNECTION", "QUERY", "USER"}:
+        form.append(words[index])
+        query_only = words[index] == "QUERY"
+        resolvable = words[index] != "USER"
+        index += 1
+        if query_only and stmt.word(index) == "ID":
+            form.append("ID")
+            resolvable = False
+    rest = stmt.tokens[index:]
+    thread = None
+    if resolvable and len(rest) == 1 and rest[0].token_type is TokenType.NUMBER and rest[0].text.isdigit():
+        thread = int(rest[0].text)
+    facts.kill = KillTarget(thread=thread, query_only=query_only, form=" ".join(form))
+    facts.note(Kind.SESSION, f"{' '.join(form)} (the session translates connection ids)")
+
+
+def _use(stmt: _Stmt, facts: _Facts) -> None:
+    name, end = _name_at(stmt.tokens, 1)
+    if not name or "." in name or end != len(stmt.tokens):
+        facts.note(Kind.UNKNOWN, "unrecognised USE")
+        return
+    facts.uses = name
+    facts.schemas.add(name)
+    facts.note(Kind.SESSION, "USE")
+
+
+# SHOW forms that list objects of every schema at once.
+_SHOW_EVERY_SCHEMA = frozenset({"DATABASES", "SCHEMAS"})
+_SHOW_ROUTINES = frozenset({"FUNCTION", "PROCEDURE", "PACKAGE"})
+# SHOW forms whose first FROM/IN names a table (then an optional second names its schema).
+_SHOW_OF_TABLE = frozenset({"COLUMNS", "FIELDS", "INDEX", "INDEXES", "KEYS"})
+_SHOW_CREATE_SCHEMA = frozenset({"DATABASE", "SCHEMA"})
+
+
+def _show(stmt: _Stmt, facts: _Facts) -> None:
+    """SHOW is a read; it reports the schemas and tables it looks at (for a source's schema
+    allowlist) and what its WHERE clause evaluates (subqueries and functions, as in a SELECT)."""
+    words = stmt.words
+    index = 1
+    while stmt.word(index) in {"FULL", "EXTENDED", "GLOBAL", "SESSION", "STORAGE"}:
+        index += 1
+    what = stmt.word(index)
+    if what in _SHOW_EVERY_SCHEMA or (what in _SHOW_ROUTINES and "STATUS" in words):
+        facts.schemas.add("*")
+    if what == "CREATE":
+        obj = stmt.word(index + 1)
+        at = index + 2
+        while stmt.word(at) in {"IF", "NOT", "EXISTS", "BODY"}:
+            at += 1
+        name, _ = _name_at(stmt.tokens, at)
+        if name:
+            (facts.schemas if obj in _SHOW_CREATE_SCHEMA else facts.tables).add(name)
+    table_first = what in _SHOW_OF_TABLE
+    for at, word in enumerate(words):
+        if word == "WHERE":
+            base = stmt.tokens[0].start
+            condition = stmt.text[stmt.tokens[at].start - base :]
+            sub = _Facts()
+            _parsed("SELECT 1 FROM DUAL " + condition, sub, (exp.Select,))  # noqa: S608 - parsed, never run
+            sub.tables.discard("DUAL")
+            facts.absorb(sub)
+            break
+        if word in {"FROM", "IN"} and at > index:
+            name, _ = _name_at(stmt.tokens, at + 1)
+            if name:
+                (facts.tables if table_first else facts.schemas).add(name)
+                table_first = False
+    facts.note(Kind.READ, "")
 
 
 def _change(stmt: _Stmt, facts: _Facts) -> None:
@@ -828,7 +1183,7 @@ _HEADS: dict[str, _Handler] = {
     "TABLE": _query,
     "VALUES": _query,
     "(": _query,
-    "SHOW": _READ,
+    "SHOW": _show,
     "HELP": _READ,
     "CHECKSUM": _table_maintenance("CHECKSUM TABLE", Kind.READ),
     "DESCRIBE": _explain,
@@ -864,7 +1219,7 @@ _HEADS: dict[str, _Handler] = {
     "SAVEPOINT": _fixed(Kind.TRANSACTION, "SAVEPOINT"),
     "RELEASE": _release,
     "SET": _set,
-    "USE": _fixed(Kind.SESSION, "USE"),
+    "USE": _use,
     "UNLOCK": _unlock,
     "UNLOCK TABLES": _unlock,
     "KILL": _kill,
@@ -889,11 +1244,13 @@ def _statement(stmt: _Stmt) -> _Facts:
         facts.note(Kind.UNKNOWN, f"unrecognised statement {head or stmt.tokens[0].text!r}")
     else:
         handler(stmt, facts)
+    if STRICTNESS[facts.kind] == 0:
+        _check_calls(stmt, facts)
     return facts
 
 
 def _statement_text(text: str) -> _Facts:
-    """Classify one statement given as text (the inside of a wrapper)."""
+    """Classify one statement given as (already canonical) text: the inside of a wrapper."""
     try:
         chunks = _split(_tokenize(text))
     except TokenError as exc:
@@ -906,12 +1263,26 @@ def _statement_text(text: str) -> _Facts:
     return result
 
 
-def _classify_statements(chunks: list[list[Token]], sql: str) -> Classification:
+def _classify_statements(chunks: list[list[Token]], sql: str) -> tuple[Classification, set[str]]:
+    """The message's classification, and the lexing settings that a statement other than the last
+    may change (the server reads the statements after it under the new setting)."""
+    midway: set[str] = set()
     strictest: _Facts | None = None
     tables: set[str] = set()
-    for chunk in chunks:
+    schemas: set[str] = set()
+    sets: dict[str, str | None] = {}
+    kill: KillTarget | None = None
+    uses: str | None = None
+    last = len(chunks) - 1
+    for index, chunk in enumerate(chunks):
         facts = _statement(_Stmt(chunk, sql))
+        if facts.sets and index != last:
+            midway |= set(facts.sets)
         tables |= {table for table in facts.tables if table not in facts.ctes}
+        schemas |= facts.schemas
+        sets.update(facts.sets)
+        kill = kill or facts.kill
+        uses = facts.uses or uses
         if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
             strictest = facts
     assert strictest is not None
@@ -923,29 +1294,63 @@ def _classify_statements(chunks: list[list[Token]], sql: str) -> Classification:
         reason=strictest.reason,
         prepares=strictest.prepares if single else None,
         executes=strictest.executes if single else None,
-    )
+        kill=kill,
+        uses=uses,
+        sets=tuple(sorted(sets.items())),
+        schemas=tuple(sorted(schemas)),
+    ), midway
 
 
-def classify(sql: str) -> Classification:
-    """Classify one protocol message's SQL text (possibly several statements). Never raises."""
+_ALL_MODES = tuple(SqlMode(a, b) for a in (False, True) for b in (False, True))
+
+
+def classify(sql: str, mode: SqlMode = DEFAULT_MODE) -> Classification:
+    """Classify one protocol message's SQL text (possibly several statements), lexed as the server
+    does under the session's `mode`. Never raises.
+
+    When a statement other than the last may change the lexing settings (`SET sql_mode = …; …`,
+    as MariaDB Connector/J sends at connect), the server reads the rest under the new setting:
+    the message is classified under every lexing mode and takes the strictest answer (unknown if
+    they disagree on the number of statements); after a change of character set, only ASCII may
+    follow."""
+    c, midway = _classify_in(sql, mode)
+    if not midway:
+        return c
+    if CLIENT_CHARSET in midway and not sql.isascii():
+        return replace(c, kind=Kind.UNKNOWN, reason="non-ASCII text after a change of character set")
+    if SQL_MODE in midway:
+        for other in _ALL_MODES:
+            if other != mode:
+                alt, _ = _classify_in(sql, other)
+                if alt.statements != c.statements:
+                    return replace(
+                        c, kind=Kind.UNKNOWN, reason="the statements after SET sql_mode read differently"
+                    )
+                if _RANK[alt.kind] > _RANK[c.kind]:
+                    c = replace(c, kind=alt.kind, reason=alt.reason)
+    return c
+
+
+def _classify_in(sql: str, mode: SqlMode) -> tuple[Classification, set[str]]:
     if "\x00" in sql:
-        return Classification(kind=Kind.UNKNOWN, reason="statement text contains a NUL byte")
+        return Classification(kind=Kind.UNKNOWN, reason="statement text contains a NUL byte"), set()
     try:
-        if "/*!" in sql or "/*M!" in sql:
-            sql = _unwrap_executable_comments(sql)
+        sql = canonical(sql, mode)
         chunks = _split(_tokenize(sql))
+    except Ambiguous as exc:
+        return Classification(kind=Kind.UNKNOWN, reason=f"ambiguous text: {exc}"), set()
     except Exception as exc:  # TokenError, and anything the tokenizer may raise on odd text
-        return Classification(kind=Kind.UNKNOWN, reason=_first_line(str(exc)))
+        return Classification(kind=Kind.UNKNOWN, reason=_first_line(str(exc))), set()
     if not chunks:
-        return Classification(kind=Kind.READ, statements=0)
+        return Classification(kind=Kind.READ, statements=0), set()
+    token = _MODE.set(mode)
     try:
         return _classify_statements(chunks, sql)
     except Exception as exc:  # fail closed: a classifier bug must never make a statement a read
-        return Classification(
-            kind=Kind.UNKNOWN,
-            statements=len(chunks),
-            reason=f"classifier error: {type(exc).__name__}: {_first_line(str(exc))}",
-        )
+        reason = f"classifier error: {type(exc).__name__}: {_first_line(str(exc))}"
+        return Classification(kind=Kind.UNKNOWN, statements=len(chunks), reason=reason), set()
+    finally:
+        _MODE.reset(token)
 
 
 __all__ = ["classify"]
@@ -954,7 +1359,7 @@ __all__ = ["classify"]
 def count_placeholders(sql: str) -> int:
     """How many `?` parameters a statement for COM_STMT_PREPARE has (quotes and comments skipped)."""
     try:
-        tokens = _tokenize(_unwrap_executable_comments(sql))
+        tokens = _tokenize(canonical(sql))
     except Exception:  # the tokenizer's own errors: the caller then fails the PREPARE
         return -1
     return sum(1 for token in tokens if token.token_type is TokenType.PLACEHOLDER)
@@ -981,7 +1386,7 @@ def controls_transactions(sql: str) -> bool:
     """Whether the text begins, ends or locks transactions itself (or changes autocommit): the
     executor runs a change request in one transaction of its own and refuses such text."""
     try:
-        sql = _unwrap_executable_comments(sql)
+        sql = canonical(sql)
         chunks = _split(_tokenize(sql))
     except Exception:  # unreadable text fails in the database, not here
         return False

@@ -399,11 +399,21 @@ async def _my_connect(target: UpstreamTarget, schema: str | None) -> MyUpstream:
     return await MyUpstream.connect(target, tuple(params))
 
 
+def _my_text(claimed: rq.Claimed) -> bytes:
+    """The held statement's exact bytes: the session keeps them in `statement_b64` when the text
+    is not exactly what the client sent (raw `_binary'…'` bytes show as U+FFFD in the text)."""
+    raw = claimed.session_facts.get("statement_b64")
+    return base64.b64decode(raw) if isinstance(raw, str) else claimed.text.encode("utf-8")
+
+
 async def _my_statement(run: _MyRun, claimed: rq.Claimed, result: _Result) -> None:
+    charset = claimed.session_facts.get("character_set_client")
+    if charset in mysql_policy.SAFE_CLIENT_CHARSETS and not str(charset).startswith("utf8"):
+        await run.query(f"SET NAMES {charset}")  # the bytes are in the client's character set
     if claimed.parameters is None:
-        await run.query(claimed.text, result)
+        await run.command(my.Command.COM_QUERY, _my_text(claimed), result)
         return
-    prepared = await run.command(my.Command.COM_STMT_PREPARE, claimed.text.encode("utf-8"))
+    prepared = await run.command(my.Command.COM_STMT_PREPARE, _my_text(claimed))
     assert prepared.prepare_ok is not None
     statement_id = prepared.prepare_ok.statement_id
     await run.command(

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import enum
 import itertools
-import re
 import secrets
 import ssl
 import time
@@ -37,10 +37,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
-from policies.cache import classify_mysql_cached
+from policies.cache import classify_mysql_cached, classify_mysql_in_mode
 from policies.decide import decide_cached as decide
 from policies.decide import with_prepared_kind
-from policies.mysql import count_placeholders
+from policies.mysql import (
+    CLIENT_CHARSET,
+    DEFAULT_MODE,
+    SAFE_CLIENT_CHARSETS,
+    SQL_MODE,
+    UNSUPPORTED_MODE_FLAGS,
+    count_placeholders,
+    lexing_mode,
+    sql_mode_flags,
+)
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
 from proxy.audit import AuditWriter, audit_login, audit_statement
@@ -100,7 +109,25 @@ def _role(level: Level) -> str:
     return "write" if level is Level.WRITE else "read"
 
 
-_KILL = re.compile(r"^\s*KILL\s+(?:(QUERY|CONNECTION)\s+)?(\d+)\s*;?\s*$", re.IGNORECASE)
+# What the session asks the upstream on its own behalf (answers never reach the client).
+LEXING_SQL = "SELECT @@SESSION.sql_mode, @@SESSION.character_set_client"
+
+
+class _Hidden(enum.Enum):
+    """QueryBase's own queries on the client's upstream session."""
+
+    READ_ONLY = READ_ONLY_SQL  # restore the read-only backstop after COM_RESET_CONNECTION
+    LEXING = LEXING_SQL  # learn sql_mode and the client character set: how the server lexes
+
+
+@dataclass(frozen=True, slots=True)
+class _Effects:
+    """What a forwarded command does to the session state QueryBase tracks, applied when its
+    response ends: the schema it switches to (on success), whether the lexing settings may
+    have changed (then they are read back from the server)."""
+
+    schema: str | None = None
+    relex: bool = False
 
 
 class MySQLError(QueryBaseError):
@@ -207,6 +234,7 @@ class _Prepared:
     params: int = 0
     types: bytes | None = None
     virtual: bool = False  # prepared by QueryBase only: a write to hold, never sent upstream
+    raw: bytes | None = None  # the exact text bytes, when `sql` is not (bytes invalid in the charset)
     # Virtual statements only: COM_STMT_SEND_LONG_DATA chunks per parameter until the next
     # execute or reset, and the first problem with them (reported at execute, as MySQL does).
     long_data: dict[int, bytearray] = field(default_factory=dict)
@@ -238,7 +266,13 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._statements: dict[int, _Prepared] = {}
         self._next_virtual = VIRTUAL_STATEMENT_BASE
         self._last_prepared = -1  # what MariaDB's statement id 0xFFFFFFFF means
-        self._hidden = False  # the response in flight answers QueryBase's own query: not relayed
+        self._hidden: _Hidden | None = None  # the response in flight answers QueryBase's own query
+        self._hidden_queue: list[_Hidden] = []
+        self._hidden_row: bytes | None = None
+        self._effects: _Effects | None = None  # of the forwarded command in flight
+        self._schema = ""  # the upstream session's current schema (USE, COM_INIT_DB)
+        self._mode = DEFAULT_MODE  # how the server lexes: from sql_mode, read back from the server
+        self._charset = "utf8mb4"  # character_set_client, read back from the server
         self._read_buffer = bytearray()
         self._reply_seq = 2  # the sequence id an ERR during login must carry
         self._scramble = b""  # the greeting's: COM_CHANGE_USER answers are computed with it
@@ -319,7 +353,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.log.info("disconnected")
 
     def upstream_data(self, data: bytes) -> None:
-        if self.transport is not None and not self._hidden:
+        if self.transport is not None and self._hidden is None:
             self.transport.write(data)
         try:
             self._upstream_reader.feed(data)
@@ -332,7 +366,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         scanner = self._scanner
         if scanner is None or self._in_flight is None:
             return  # an unsolicited packet (the server closing the connection): relayed as is
+        rows = scanner.rows
         event = scanner.feed(payload)
+        if self._hidden is not None and scanner.rows > rows:
+            self._hidden_row = payload
         if event is my.ScanEvent.LOCAL_INFILE:
             self._fatal(
                 my.ProtocolViolation("upstream asked for a LOCAL INFILE upload, which QueryBase never allows")
@@ -345,37 +382,99 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if timed is not None:
             self._timed = None
             self._answered(timed, scanner.error)
-        if self._hidden:
-            self._hidden = False
-            if scanner.error is not None:
-                self._fatal(
-                    MySQLError(
-                        1105, "HY000", f"could not restore the read-only session: {scanner.error.message}"
-                    )
-                )
+        hidden, self._hidden = self._hidden, None
+        if hidden is not None:
+            if not self._hidden_answered(hidden, scanner.error):
                 return
-        elif command is my.Command.COM_RESET_CONNECTION:
+        else:
+            self._command_answered(command, scanner)
+        if self._hidden_queue and not self._closed:
+            self._start_hidden(self._hidden_queue.pop(0))
+            return
+        if self.f.draining:
+            self.end_if_idle()
+            return
+        self._process()
+
+    def _command_answered(self, command: my.Command, scanner: my.ResultScanner) -> None:
+        """A client command's response ended: apply what it did to the tracked session state."""
+        effects, self._effects = self._effects, None
+        if command is my.Command.COM_RESET_CONNECTION:
             if scanner.error is None:
                 # The upstream dropped its statements; the virtual ones go too, as on a server.
                 self._statements.clear()
                 self._sql_prepared.clear()
             if self.upstream is not None and self.upstream.target.read_only:
                 # The reset also reset the session's read-only flag: set it again first.
-                self._hidden = True
-                scanner.start(my.Command.COM_QUERY)
-                self.upstream.transport.write(my.make_packets(my.make_query(READ_ONLY_SQL), 0)[0])
-                self._in_flight = my.Command.COM_QUERY
-                return
+                self._hidden_queue.append(_Hidden.READ_ONLY)
+            self._hidden_queue.append(_Hidden.LEXING)  # and sql_mode, character set
         if command is my.Command.COM_STMT_PREPARE and self._pending_prepare is not None:
             if scanner.prepare_ok is not None:
                 prepared = replace(self._pending_prepare, params=scanner.prepare_ok.num_params)
                 self._statements[scanner.prepare_ok.statement_id] = prepared
                 self._last_prepared = scanner.prepare_ok.statement_id
             self._pending_prepare = None
-        if self.f.draining:
-            self.end_if_idle()
-            return
-        self._process()
+        if effects is not None:
+            if effects.schema is not None and scanner.error is None:
+                self._schema = effects.schema
+            if effects.relex and _Hidden.LEXING not in self._hidden_queue:
+                self._hidden_queue.append(_Hidden.LEXING)
+
+    def _start_hidden(self, hidden: _Hidden) -> None:
+        """Send QueryBase's own query on the upstream session; its answer is not relayed."""
+        assert self.upstream is not None
+        scanner = self._scanner_for(self.upstream)
+        scanner.start(my.Command.COM_QUERY)
+        self._hidden, self._hidden_row = hidden, None
+        self.upstream.transport.write(my.make_packets(my.make_query(hidden.value), 0)[0])
+        self._in_flight = my.Command.COM_QUERY
+
+    def _hidden_answered(self, hidden: _Hidden, error: my.ErrPacket | None) -> bool:
+        """QueryBase's own query was answered; False when the session had to end."""
+        if hidden is _Hidden.READ_ONLY:
+            if error is not None:
+                self._fatal(
+                    MySQLError(1105, "HY000", f"could not restore the read-only session: {error.message}")
+                )
+                return False
+            return True
+        values: list[bytes | None] = []
+        row = self._hidden_row
+        pos = 0
+        while row is not None and pos < len(row):
+            value, pos = my.read_lenenc_str(row, pos)
+            values.append(value)
+        if error is not None or len(values) != 2 or values[0] is None or values[1] is None:
+            reason = error.message if error is not None else "no answer"
+            self._fatal(MySQLError(1105, "HY000", f"could not read the session's sql_mode: {reason}"))
+            return False
+        sql_mode, charset = values[0].decode("ascii", "replace"), values[1].decode("ascii", "replace").lower()
+        self._mode, self._charset = lexing_mode(sql_mode), charset
+        problem = self._setting_problem(SQL_MODE, sql_mode) or self._setting_problem(CLIENT_CHARSET, charset)
+        if problem is not None:
+            self.log.warning("unsupported_session_setting", sql_mode=sql_mode, charset=charset)
+            self._fatal(MySQLError(ER_NOT_SUPPORTED, "42000", f"{problem}; the connection is closed"))
+            return False
+        return True
+
+    def _setting_problem(self, name: str, value: str | None) -> str | None:
+        """Why QueryBase cannot classify statements under this lexing setting, or None."""
+        if value is None:
+            return None
+        if name == CLIENT_CHARSET and value.lower() not in SAFE_CLIENT_CHARSETS:
+            return (
+                f"client character set '{value}' is not supported through QueryBase: in some character "
+                "sets a multibyte character can contain the byte of a backslash or quote, so QueryBase "
+                "and the server could read a statement differently; use utf8mb4"
+            )
+        if name == SQL_MODE and self.level is not Level.WRITE:
+            unsupported = sql_mode_flags(value) & UNSUPPORTED_MODE_FLAGS
+            if unsupported:
+                return (
+                    f"sql_mode {', '.join(sorted(unsupported))} is not supported through QueryBase for "
+                    f"{self.level} users: the server parses another language in it"
+                )
+        return None
 
     def upstream_lost(self, exc: Exception | None) -> None:
         if self._closed or self.transport is None:
@@ -601,6 +700,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if self.entry is not None:
             self.entry.user, self.entry.source, self.entry.state = user, creds.view.name, IDLE
         self.allowed_schemas = creds.view.allowed_schemas
+        self._schema = creds.view.database
         self.log = self.log.bind(user=user, source=self.source)
 
     def _session_started(self) -> None:
@@ -630,7 +730,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._resume("login")
         audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, source=self.source)
         self.log.info("connected", level=level.value, role=_role(level), tls=self.on_tls)
-        self._process()
+        self._start_hidden(_Hidden.LEXING)  # the first command waits for it
 
     # ---------------------------------------------------------------------------------- relay
 
@@ -653,7 +753,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             except my.ProtocolViolation as exc:
                 self._fatal(exc)
                 return
-            handler = _HANDLERS.get(command, MySQLSession._on_forward)
+            handler = _HANDLERS[command]
             try:
                 handler(self, command, body, payload)
             except my.ProtocolViolation as exc:
@@ -662,12 +762,15 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             except MySQLError as exc:
                 self._send_err(exc, 1)
 
-    def _forward(self, command: my.Command, payload: bytes) -> None:
+    def _scanner_for(self, upstream: UpstreamConnection) -> my.ResultScanner:
+        if self._scanner is None:
+            deprecate = bool(upstream.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
+            self._scanner = my.ResultScanner(deprecate, upstream.status)
+        return self._scanner
+
+    def _forward(self, command: my.Command, payload: bytes, effects: _Effects | None = None) -> None:
         assert self.upstream is not None
-        scanner = self._scanner
-        if scanner is None:
-            deprecate = bool(self.upstream.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
-            scanner = self._scanner = my.ResultScanner(deprecate, self.upstream.status)
+        scanner = self._scanner_for(self.upstream)
         try:
             expects_reply = scanner.start(command)
         except ValueError:
@@ -677,6 +780,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self.upstream.transport.write(my.make_packets(payload, 0)[0])
         if expects_reply:
             self._in_flight = command
+            self._effects = effects
 
     def _decide(self, c: Classification, sql: str, *, prepare: bool = False) -> Verdict:
         """The verdict, recorded in the audit log (a PREPARE only when it is denied: its executes
@@ -702,10 +806,12 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     def _count(self, verdict: Verdict) -> None:
         self._m.counted[(verdict.kind, verdict.action)].inc()
 
-    def _forward_statement(self, command: my.Command, payload: bytes, t0: float, kind: Kind) -> None:
+    def _forward_statement(
+        self, command: my.Command, payload: bytes, t0: float, kind: Kind, effects: _Effects | None = None
+    ) -> None:
         """Forward a decided statement and start its timing; every OVERHEAD_SAMPLE-th one is
         also timed up to its write to the upstream."""
-        self._forward(command, payload)
+        self._forward(command, payload, effects)
         self._timed = (t0, kind)
         self._overhead_due -= 1
         if not self._overhead_due:
@@ -729,45 +835,133 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         elif kind not in _SAMPLED_KINDS or self._sample_reads():
             self.log.info("statement", kind=kind.value, verdict="forward", duration_ms=_ms(seconds))
 
+    def _decode(self, body: bytes) -> tuple[str, bool]:
+        """The statement text to classify (and show), and whether it is exactly the bytes sent.
+
+        Bytes that are not valid in the client character set (the raw bytes of a `_binary'…'`
+        literal, as PyMySQL and the mariadb client send them) become U+FFFD in the text: they are
+        data inside a literal, never quotes or backslashes (those are ASCII, and both UTF-8 and
+        the server leave ASCII bytes alone inside an invalid sequence). The exact bytes are what
+        goes upstream, and what a held request keeps."""
+        codec = SAFE_CLIENT_CHARSETS.get(self._charset, "utf-8")
+        try:
+            text = body.decode(codec)
+        except UnicodeDecodeError:
+            return body.decode(codec, "replace"), False
+        return text, codec == "utf-8" or text.isascii()
+
+    def _classify(self, sql: str) -> Classification:
+        if self._mode == DEFAULT_MODE:
+            return classify_mysql_cached(sql)
+        return classify_mysql_in_mode(sql, self._mode)
+
+    def _refuse_now(
+        self, c: Classification, sql: str, reason: str, errno: int = ER_SPECIFIC_ACCESS_DENIED
+    ) -> None:
+        """Deny `c` whatever the user's level (KILL forms, the source's schemas, lexing settings):
+        audited, counted and logged like any denial, then raised as the client's error."""
+        verdict = Verdict(action=Action.DENY, kind=c.kind, reason=reason)
+        audit_statement(
+            self.f.audit,
+            protocol=PROTOCOL,
+            user=self.user,
+            source=self.source,
+            connection=f"{PROTOCOL}:{self.connection_id}",
+            verdict=verdict,
+            text=sql,
+        )
+        self._count(verdict)
+        self.log.info("statement_denied", kind=c.kind.value, verdict="deny", reason=reason)
+        raise MySQLError(
+            errno, "42000", f"permission denied: {reason} (user '{self.user}' on source '{self.source}')"
+        )
+
+    def _check_scope(self, c: Classification, sql: str) -> None:
+        """The source's schema allowlist, on every table and schema the statement names: a table
+        without a schema is in the session's current one (none known: refused)."""
+        allowed = self.allowed_schemas
+        if allowed is None:
+            return
+        for schema in c.schemas:
+            if schema == "*":
+                self._refuse_now(
+                    c, sql, f"the statement lists every schema; this source allows only {', '.join(allowed)}",
+                    ER_DBACCESS_DENIED,
+                )  # fmt: skip
+            if schema not in allowed:
+                self._refuse_now(
+                    c, sql, f"schema '{schema}' is not allowed on this source", ER_DBACCESS_DENIED
+                )
+        for table in c.tables:
+            schema = table.rpartition(".")[0] or self._schema
+            if not schema:
+                self._refuse_now(
+                    c, sql, f"table '{table}' has no schema and none is selected", ER_DBACCESS_DENIED
+                )
+            if schema not in allowed:
+                self._refuse_now(
+                    c, sql, f"table '{table}' is in schema '{schema}', which is not allowed on this source",
+                    ER_TABLEACCESS_DENIED,
+                )  # fmt: skip
+        if c.uses is not None and c.statements != 1:
+            self._refuse_now(c, sql, "USE must be sent alone on a source with a schema allowlist")
+
+    def _check_special(self, c: Classification, sql: str) -> None:
+        """What no level may do: an unresolved KILL, a schema outside the allowlist, a lexing
+        setting QueryBase cannot classify under."""
+        if c.kill is not None:
+            self._refuse_now(
+                c, sql, f"{c.kill.form} may only be sent alone, as a statement of its own (never prepared)"
+            )
+        self._check_scope(c, sql)
+        for name, value in c.sets:
+            problem = self._setting_problem(name, value)
+            if problem is not None:
+                self._refuse_now(c, sql, problem, ER_NOT_SUPPORTED)
+
     def _on_query(self, command: my.Command, body: bytes, payload: bytes) -> None:
         t0 = time.perf_counter()
-        sql = my.parse_query(body)
-        kill = _KILL.match(sql)
-        if kill is not None:
-            self._kill(kill.group(1) or "CONNECTION", int(kill.group(2)))
+        sql, exact = self._decode(body)
+        c = self._classify(sql)
+        if c.kill is not None and c.statements == 1 and c.prepares is None:
+            self._kill_statement(c, sql)
             return
-        c = classify_mysql_cached(sql)
+        self._check_special(c, sql)
         verdict = self._decide(c, sql)
         self._count(verdict)
         if verdict.action is Action.FORWARD:
             if c.prepares is not None:
                 self._sql_prepared[c.prepares] = c.kind
-            self._forward_statement(command, payload, t0, verdict.kind)
+            relex = bool(c.sets) or c.executes is not None
+            self._forward_statement(command, payload, t0, verdict.kind, _Effects(c.uses, relex))
             return
-        self._refuse(verdict, sql, c, None, t0)
+        self._refuse(verdict, sql, c, None, t0, None if exact else body)
 
     def _on_prepare(self, command: my.Command, body: bytes, payload: bytes) -> None:
         t0 = time.perf_counter()
-        sql = my.parse_stmt_prepare(body)
-        c = classify_mysql_cached(sql)
+        sql, exact = self._decode(body)
+        c = self._classify(sql)
+        self._check_special(c, sql)
+        if c.uses is not None:
+            self._refuse_now(c, sql, "USE cannot be prepared")
         verdict = self._decide(c, sql, prepare=True)
         if verdict.action is Action.FORWARD:
-            self._pending_prepare = _Prepared(sql, c)
+            self._pending_prepare = _Prepared(sql, c, raw=None if exact else body)
             self._forward(command, payload)
         elif verdict.action is Action.DENY:
             self._count(verdict)  # refused at once: the client never gets to execute it
             self._refuse(verdict, sql, c, None, t0)
         else:
-            self._prepare_virtual(sql, c)
+            self._prepare_virtual(sql, c, None if exact else body)
 
-    def _prepare_virtual(self, sql: str, c: Classification) -> None:
+    def _prepare_virtual(self, sql: str, c: Classification, raw: bytes | None) -> None:
         """A write to be held at COM_STMT_EXECUTE: the read-only upstream would refuse even to
         prepare it (MariaDB does), so QueryBase answers the PREPARE itself with its own id."""
         params = count_placeholders(sql)
         if params < 0:
             raise MySQLError(1064, "42000", "QueryBase could not read the statement's parameters")
         statement_id, self._next_virtual = self._next_virtual, self._next_virtual + 1
-        self._statements[statement_id] = _Prepared(sql, c, params, virtual=True)
+        self._statements[statement_id] = _Prepared(sql, c, params, virtual=True, raw=raw)
         self._last_prepared = statement_id
         deprecate_eof = bool(self.capabilities & my.Capability.CLIENT_DEPRECATE_EOF)
         payloads = [my.make_stmt_prepare_ok(statement_id, 0, params)]
@@ -803,10 +997,11 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     "HY000",
                     "the statement was prepared while writes were held: prepare it again",
                 )
-            self._forward_statement(command, payload, t0, verdict.kind)
+            relex = bool(prepared.classification.sets)
+            self._forward_statement(command, payload, t0, verdict.kind, _Effects(relex=relex))
             return
         parameters = self._held_parameters(prepared, body) if verdict.action is Action.HOLD else None
-        self._refuse(verdict, prepared.sql, prepared.classification, parameters, t0)
+        self._refuse(verdict, prepared.sql, prepared.classification, parameters, t0, prepared.raw)
 
     def _held_parameters(self, prepared: _Prepared, body: bytes) -> list[dict[str, Any]]:
         """The bound values of a held COM_STMT_EXECUTE, as binary-protocol wire bytes with their
@@ -880,7 +1075,37 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             raise MySQLError(
                 ER_DBACCESS_DENIED, "42000", f"schema '{schema}' is not allowed on source '{self.source}'"
             )
-        self._forward(command, payload)
+        self._forward(command, payload, _Effects(schema=schema))
+
+    def _on_schema_command(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        """COM_CREATE_DB / COM_DROP_DB: DDL by command byte. Forwarded for `write` (inside the
+        allowlist); denied below, since a command byte cannot be held as a change request."""
+        schema = my.parse_init_db(body)
+        c = Classification(Kind.DDL, reason=f"{command.name} {schema}", schemas=(schema,))
+        text = f"<{command.name} {schema}>"
+        self._check_scope(c, text)
+        self._on_decided(c, text, command, payload)
+
+    def _on_decided(self, c: Classification, text: str, command: my.Command, payload: bytes) -> None:
+        """A command byte with a fixed kind: forwarded when the verdict says so, else refused."""
+        verdict = self._decide(c, text)
+        self._count(verdict)
+        if verdict.action is Action.FORWARD:
+            self._forward(command, payload)
+            return
+        raise MySQLError(
+            ER_SPECIFIC_ACCESS_DENIED,
+            "42000",
+            f"permission denied: {command.name} ({c.reason}) needs write "
+            f"(user '{self.user}' has {self.level} on source '{self.source}')",
+        )
+
+    def _on_unsupported(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        raise MySQLError(ER_NOT_SUPPORTED, "42000", f"{command.name} is not supported through QueryBase")
+
+    def _on_internal(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        # Server-internal commands: a server answers them as unknown commands, so does QueryBase.
+        raise MySQLError(1047, "08S01", f"Unknown command {command.name}")
 
     def _on_quit(self, command: my.Command, body: bytes, payload: bytes) -> None:
         self._closed = True
@@ -938,6 +1163,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
             assert self.transport is not None
             self.transport.write(my.make_packets(my.make_ok(status=self.upstream.status), seq)[0])
+            self._start_hidden(_Hidden.LEXING)
         finally:
             self._busy = False
             self._process()
@@ -976,15 +1202,38 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._sql_prepared.clear()
         self._pending_prepare = None
         self._scanner = None
+        self._hidden, self._hidden_queue, self._effects = None, [], None
         self._upstream_reader = my.PacketReader()
         new.attach(self)
 
-    def _on_forward(self, command: my.Command, body: bytes, payload: bytes) -> None:
-        self._forward(command, payload)
-
     # ------------------------------------------------------------------------ KILL, refusals
 
-    def _kill(self, what: str, target_id: int) -> None:
+    def _kill_statement(self, c: Classification, sql: str) -> None:
+        """A KILL statement, whatever its spelling: translated, never relayed (the upstream login is
+        shared by every user of the source)."""
+        kill = c.kill
+        assert kill is not None
+        if kill.thread is None:
+            self._refuse_now(
+                c,
+                sql,
+                f"{kill.form} of anything but a connection id is not allowed through QueryBase; "
+                "use KILL [QUERY] <connection id> of one of your own QueryBase sessions",
+            )
+            return
+        self._decide(c, sql)  # audited like any session statement
+        self._kill(kill.query_only, kill.thread)
+
+    def _on_process_kill(self, command: my.Command, body: bytes, payload: bytes) -> None:
+        target_id = my.parse_process_kill(body)
+        self._decide(
+            Classification(Kind.SESSION, reason="COM_PROCESS_KILL"), f"<COM_PROCESS_KILL {target_id}>"
+        )
+        self._kill(False, target_id)
+
+    def _kill(self, query_only: bool, target_id: int) -> None:
+        """KILL [QUERY] `target_id`: a QueryBase connection id (or the upstream thread id) of one of
+        this user's own sessions; anything else is an unknown thread, as MySQL says."""
         target = self.f.sessions.get(target_id)
         if target is None or target.user != self.user:
             # Not a QueryBase connection id of this user: perhaps the upstream thread id that
@@ -1001,12 +1250,16 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 None,
             )
         if target is None or target.upstream is None:
-            raise MySQLError(ER_NO_SUCH_THREAD, "HY000", f"Unknown thread id: {target_id}")
-        if what.upper() == "QUERY" and target.waiting is not None:
+            raise MySQLError(
+                ER_NO_SUCH_THREAD,
+                "HY000",
+                f"Unknown thread id: {target_id} (KILL takes the connection id of one of your own sessions)",
+            )
+        if query_only and target.waiting is not None:
             target.waiting.set()  # it waits for a change request: withdraw that instead
             self._reply_ok()
             return
-        if what.upper() == "QUERY":
+        if query_only:
             self._busy = True
             self._spawn(self._finish_kill(target))
         else:
@@ -1033,6 +1286,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         c: Classification,
         parameters: list[dict[str, Any]] | None,
         t0: float,
+        raw: bytes | None = None,
     ) -> None:
         if verdict.action is Action.DENY:
             seconds = time.perf_counter() - t0
@@ -1053,18 +1307,27 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
         self._busy = True
         self._pause("refuse")
-        self._spawn(self._hold(sql, c, parameters, t0))
+        self._spawn(self._hold(sql, c, parameters, t0, raw))
 
     async def _hold(
-        self, sql: str, c: Classification, parameters: list[dict[str, Any]] | None, t0: float
+        self,
+        sql: str,
+        c: Classification,
+        parameters: list[dict[str, Any]] | None,
+        t0: float,
+        raw: bytes | None,
     ) -> None:
-        facts = {
+        facts: dict[str, Any] = {
             "protocol": "mysql",
             "client_addr": self.peer,
             "connection_id": self.connection_id,
-            "schema": self.upstream.schema if self.upstream is not None else "",
+            "schema": self._schema,
             "tls": self.on_tls,
+            "character_set_client": self._charset,
         }
+        if raw is not None:
+            # The text shows invalid bytes as U+FFFD; the executor runs these exact bytes.
+            facts["statement_b64"] = base64.b64encode(raw).decode()
         held = HeldStatement(sql, c, parameters, facts)
         request_id: int | None = None
         try:
@@ -1175,7 +1438,18 @@ def _held_error(request_id: int, source: str, state: str = "") -> MySQLError:
     )
 
 
-_HANDLERS: dict[my.Command, Callable[[MySQLSession, my.Command, bytes, bytes], None]] = {
+_Handler = Callable[[MySQLSession, my.Command, bytes, bytes], None]
+
+
+def _fixed(kind: Kind, reason: str) -> _Handler:
+    def handle(session: MySQLSession, command: my.Command, body: bytes, payload: bytes) -> None:
+        session._on_decided(Classification(kind, reason=reason), f"<{command.name}>", command, payload)
+
+    return handle
+
+
+# Every command byte, decided explicitly (bytes that are no Command are refused by parse_command).
+_HANDLERS: dict[my.Command, _Handler] = {
     my.Command.COM_QUERY: MySQLSession._on_query,
     my.Command.COM_STMT_PREPARE: MySQLSession._on_prepare,
     my.Command.COM_STMT_EXECUTE: MySQLSession._on_execute,
@@ -1186,4 +1460,34 @@ _HANDLERS: dict[my.Command, Callable[[MySQLSession, my.Command, bytes, bytes], N
     my.Command.COM_INIT_DB: MySQLSession._on_init_db,
     my.Command.COM_QUIT: MySQLSession._on_quit,
     my.Command.COM_CHANGE_USER: MySQLSession._on_change_user,
+    my.Command.COM_PROCESS_KILL: MySQLSession._on_process_kill,
+    my.Command.COM_CREATE_DB: MySQLSession._on_schema_command,
+    my.Command.COM_DROP_DB: MySQLSession._on_schema_command,
+    # reads and session state
+    my.Command.COM_PING: _fixed(Kind.SESSION, "ping"),
+    my.Command.COM_STATISTICS: _fixed(Kind.READ, "server statistics"),
+    my.Command.COM_FIELD_LIST: _fixed(Kind.READ, "columns of a table in the current schema"),
+    my.Command.COM_PROCESS_INFO: _fixed(Kind.READ, "SHOW PROCESSLIST"),
+    my.Command.COM_SET_OPTION: _fixed(Kind.SESSION, "multi-statements on/off"),
+    my.Command.COM_RESET_CONNECTION: _fixed(Kind.SESSION, "reset the session"),
+    # privileged: relayed for write only
+    my.Command.COM_REFRESH: _fixed(Kind.PRIVILEGED, "FLUSH"),
+    my.Command.COM_SHUTDOWN: _fixed(Kind.PRIVILEGED, "SHUTDOWN"),
+    my.Command.COM_DEBUG: _fixed(Kind.PRIVILEGED, "debug output to the server log"),
+    # replication streams and bulk execution: never through QueryBase
+    my.Command.COM_BINLOG_DUMP: MySQLSession._on_unsupported,
+    my.Command.COM_BINLOG_DUMP_GTID: MySQLSession._on_unsupported,
+    my.Command.COM_REGISTER_SLAVE: MySQLSession._on_unsupported,
+    my.Command.COM_TABLE_DUMP: MySQLSession._on_unsupported,
+    my.Command.COM_CLONE: MySQLSession._on_unsupported,
+    my.Command.COM_SUBSCRIBE_GROUP_REPLICATION_STREAM: MySQLSession._on_unsupported,
+    my.Command.COM_STMT_BULK_EXECUTE: MySQLSession._on_unsupported,
+    # server-internal
+    my.Command.COM_SLEEP: MySQLSession._on_internal,
+    my.Command.COM_CONNECT: MySQLSession._on_internal,
+    my.Command.COM_TIME: MySQLSession._on_internal,
+    my.Command.COM_DELAYED_INSERT: MySQLSession._on_internal,
+    my.Command.COM_CONNECT_OUT: MySQLSession._on_internal,
+    my.Command.COM_DAEMON: MySQLSession._on_internal,
 }
+assert set(_HANDLERS) == set(my.Command), set(my.Command) - set(_HANDLERS)

@@ -10,6 +10,7 @@ What the verdicts rest on is policies/mysql.py (see its "Deliberate choices").
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,12 +224,15 @@ def test_binary_protocol_call_is_held(gateway: Gateway, unchanged: None) -> None
     assert [r["statement_text"] for r in gateway.new_requests(before)] == ["CALL qb_wipe()"]
 
 
-def test_function_that_writes_in_a_select_is_stopped_by_the_backstop(
-    gateway: Gateway, unchanged: None
-) -> None:
-    """`SELECT f()` reads as a read (a user function is not known to write), so it is relayed;
-    the read-only upstream session refuses the DELETE inside (DESIGN.md §3 backstop)."""
+def test_stored_function_in_a_select_is_held(gateway: Gateway, unchanged: None) -> None:
+    """`SELECT f()` calls a stored function, which is not on the allowlist of functions known to be
+    safe (DESIGN.md §3): it fails closed — held for a `propose` user, the function named — and
+    nothing runs (the read-only session would stop the DELETE inside too: test_mysql_backstop)."""
+    before = gateway.last_request_id()
     with connect(gateway) as conn:
         errno, message = refusal(conn, "SELECT qb_wipe_fn()")
-        assert errno == 1792, message  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+        assert errno == ER_HELD, message
         assert scalar(conn, "SELECT count(*) FROM items") == 5
+    held = gateway.new_requests(before)
+    assert [r["statement_text"] for r in held] == ["SELECT qb_wipe_fn()"]
+    assert "qb_wipe_fn" in json.dumps(held[0]["classification"])

@@ -281,3 +281,95 @@ class RawMy:
                     return True
         except TimeoutError:
             return False
+
+
+# --------------------------------------------------------------------------- adversarial sources
+
+ADV_LOGIN = "qb_adv"
+ADV_PASSWORD = "qb-adv-secret-7"
+ADV_SOURCE = "adv_my"  # read login qb_adv: it could write on its own, so QueryBase must stop writes
+SCOPED_SOURCE = "scoped_my"  # the same login, restricted with --schemas qbtest
+OTHER_SCHEMA = "qbother"  # a schema outside scoped_my's allowlist that qb_adv can read
+VICTIM_SCHEMA = "qbvictim"  # a schema qb_adv may drop (COM_DROP_DB must not reach it)
+
+ADV_SQL = f"""
+CREATE DATABASE IF NOT EXISTS {OTHER_SCHEMA};
+CREATE TABLE IF NOT EXISTS {OTHER_SCHEMA}.secrets (id int PRIMARY KEY, secret varchar(50));
+REPLACE INTO {OTHER_SCHEMA}.secrets VALUES (1, 'the other schema');
+CREATE DATABASE IF NOT EXISTS {VICTIM_SCHEMA};
+CREATE USER IF NOT EXISTS '{ADV_LOGIN}'@'%';
+ALTER USER '{ADV_LOGIN}'@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{ADV_PASSWORD}');
+GRANT ALL PRIVILEGES ON qbtest.* TO '{ADV_LOGIN}'@'%';
+GRANT ALL PRIVILEGES ON {OTHER_SCHEMA}.* TO '{ADV_LOGIN}'@'%';
+GRANT ALL PRIVILEGES ON `qbvictim%`.* TO '{ADV_LOGIN}'@'%';
+GRANT SELECT ON mysql.* TO '{ADV_LOGIN}'@'%';
+"""
+
+
+def provision_adversarial(config: Path, server: MariaDBServer) -> None:
+    """A login `qb_adv` that can write qbtest, qbother and qbvictim* and read `mysql.*` (a careless
+    read login), and two sources reading through it: `adv_my` and `scoped_my` (--schemas
+    qbtest), with carol read, alice propose and dave write on both. Needs `provision` first."""
+    server.execute_sql(ADV_SQL)
+    env = {"ADV_PW": ADV_PASSWORD, "WRITE_PW": MARIADB_PASSWORDS["qb_native"]}
+    for name in (ADV_SOURCE, SCOPED_SOURCE):
+        cli(
+            config,
+            *("source", "add", name, "--engine", "mysql", "--host", server.host),
+            *("--port", str(server.port), "--database", SCHEMA),
+            *("--user", ADV_LOGIN, "--password-env", "ADV_PW"),
+            *("--write-user", "qb_native", "--write-password-env", "WRITE_PW", "--tls", "disable"),
+            env=env,
+        )
+        for group, level in (("readers", "read"), ("analysts", "propose"), ("writers", "write")):
+            cli(config, "grant", group, name, level)
+    cli(config, "source", "set", SCOPED_SOURCE, "--schemas", SCHEMA)
+
+
+@contextlib.contextmanager
+def adversarial_gateway(server: MariaDBServer, home: Path) -> Iterator[Gateway]:
+    """`running_gateway` with the adversarial sources too (TLS disabled: raw clients speak plain)."""
+    config = init_home(home, tls_mode="disable")
+    provision(config, server)
+    provision_adversarial(config, server)
+    serve = start_serve(config)
+    try:
+        yield Gateway(config, serve, server, port=listen_port(config, "mysql"))
+    finally:
+        if serve.stop() != 0:
+            serve.kill()
+
+
+def raw_error(payload: bytes) -> tuple[int, str]:
+    """(errno, message) of an ERR payload; (0, "") for anything else."""
+    if payload[:1] != b"\xff":
+        return 0, ""
+    err = my.parse_err(payload)
+    return err.errno, err.message
+
+
+def connect_raw(gw: Gateway, user: str, database: str = ADV_SOURCE, *, multi: bool = True) -> RawMy:
+    """A logged-in RawMy (multi-statements on by default: most attacks need them)."""
+    raw = RawMy(gw)
+    extra = int(my.Capability.CLIENT_MULTI_STATEMENTS | my.Capability.CLIENT_MULTI_RESULTS) if multi else 0
+    raw.login(gw, user, database=database, extra=extra)
+    return raw
+
+
+def results(raw: RawMy, sql: bytes) -> list[list[bytes]]:
+    """Every result of one COM_QUERY (several under multi-statements), each as raw payloads."""
+    raw.send(b"\x03" + sql)
+    out = []
+    while True:
+        result = raw.read_result()
+        out.append(result)
+        last = result[-1]
+        if last[:1] == b"\xff":
+            return out
+        status = (
+            my.parse_ok(last).status
+            if last[:1] == b"\x00" or (last[:1] == b"\xfe" and len(last) > 5)
+            else my.parse_eof(last).status
+        )
+        if not status & my.ServerStatus.SERVER_MORE_RESULTS_EXISTS:
+            return out
