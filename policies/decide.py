@@ -49,6 +49,12 @@ def decide(c: Classification, level: Level | None, policy: SourcePolicy) -> Verd
         return _deny(c, Level.READ, f"{_subject(c)} needs read (no data access on this source)")
     if level is Level.WRITE:
         return Verdict(action=Action.FORWARD, kind=c.kind, reason=c.reason)
+    if c.unvetted and c.kind in _PASS_THROUGH:
+        untrusted = [name for name in c.unvetted if name not in policy.trusted_functions]
+        if untrusted:
+            # Functions are an allowlist: one QueryBase does not know may write or run SQL text.
+            reason = f"calls {untrusted[0]}(), which is neither a vetted built-in nor trusted on this source"
+            c = replace(c, kind=Kind.UNKNOWN, reason=reason)
     if c.kind in _PASS_THROUGH:
         return Verdict(action=Action.FORWARD, kind=c.kind, reason=c.reason)
     if c.prepares is not None:

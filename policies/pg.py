@@ -65,7 +65,12 @@ Deliberate choices
   (inside that CTE's own body) means the real table: it is for people to read, not for policy.
 - Text with a NUL byte is unknown: libpg_query would stop reading at the NUL, so the parser would not
   see what follows it.
-- User-defined functions are not known to write; the read-only upstream session is the backstop.
+- Functions are an allowlist: a call of anything but a vetted built-in (`policies/pg_functions.py`,
+  generated from pg_catalog; unqualified or `pg_catalog.`-qualified) is listed in `unvetted`, and
+  `decide()` fails such a read closed unless the source trusts the function. Guarded functions
+  (`_FUNCTIONS`, `set_config`) keep their own kinds. What the classifier cannot see — functions
+  called by views, operators, casts to user types, a user function of a built-in's name that wins
+  overload resolution — rests on the read-only session and the read login's privileges.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from typing import Any
 from pglast import ast, enums, parse_sql
 from pglast.parser import ParseError
 
+from policies.pg_functions import SAFE_FUNCTIONS
 from policies.types import RANK, Classification, Kind
 
 _RANK = RANK
@@ -84,7 +90,9 @@ _RANK = RANK
 class _Facts:
     """What one statement (and everything nested in it) does: the mutable accumulator of a classification."""
 
-    __slots__ = ("copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "tables")
+    __slots__ = (
+        "copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "tables", "unvetted",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.kind = Kind.READ
@@ -95,6 +103,7 @@ class _Facts:
         self.executes: str | None = None
         self.copy_from_stdin = False
         self.names: list[str] = []
+        self.unvetted: set[str] = set()
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -108,6 +117,7 @@ class _Facts:
         self.tables |= other.tables
         self.ctes |= other.ctes
         self.names += other.names
+        self.unvetted |= other.unvetted
 
 
 # --- constants and booleans -------------------------------------------------------------------------
@@ -324,7 +334,9 @@ def _check_function(node: ast.FuncCall, facts: _Facts) -> None:
     names = node.funcname or ()
     last = names[-1] if names else None
     if not isinstance(last, ast.String):
+        facts.unvetted.add("(a function without a name)")
         return
+    _vet_function(names, facts)
     name = (last.sval or "").lower()
     if name == "set_config":
         _check_set_config(node.args or (), facts)
@@ -337,6 +349,21 @@ def _check_function(node: ast.FuncCall, facts: _Facts) -> None:
         if name.startswith(prefix):
             facts.note(kind, f"{name}() {why}")
             return
+
+
+def _vet_function(names: tuple[Any, ...], facts: _Facts) -> None:
+    """Reads may call only vetted built-ins (`SAFE_FUNCTIONS`, called unqualified or in pg_catalog);
+    any other function is recorded in `unvetted`. Names compare as PostgreSQL compares them: exactly,
+    after the parser's case folding of unquoted names."""
+    parts = [(part.sval or "") if isinstance(part, ast.String) else "?" for part in names]
+    name = parts[-1] or ""
+    schema = parts[-2] if len(parts) > 1 else None
+    if schema in (None, "pg_catalog"):
+        vetted = name in SAFE_FUNCTIONS
+    else:
+        vetted = schema == "information_schema" and f"information_schema.{name}" in SAFE_FUNCTIONS
+    if not vetted:
+        facts.unvetted.add(".".join(parts))
 
 
 def _check_set_config(args: tuple[Any, ...], facts: _Facts) -> None:
@@ -818,10 +845,12 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
     strictest: _Facts | None = None
     tables: set[str] = set()
     names: list[str] = []
+    unvetted: set[str] = set()
     copy_from_stdin = False
     for raw in statements:
         facts = _statement(raw.stmt)
         names += facts.names
+        unvetted |= facts.unvetted
         tables |= {table for table in facts.tables if table not in facts.ctes}
         copy_from_stdin = copy_from_stdin or facts.copy_from_stdin
         if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
@@ -837,6 +866,7 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
         executes=strictest.executes if single else None,
         copy_from_stdin=copy_from_stdin,
         names=tuple(names),
+        unvetted=tuple(sorted(unvetted)),
     )
 
 

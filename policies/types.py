@@ -78,6 +78,9 @@ class Classification:
       `prepare:N`, `deallocate:N` / `deallocate:*`, `declare:N`, `close:N` / `close:*`, `fetch:N`,
       and `lexing` for statements that change how the server reads later text (client_encoding,
       standard_conforming_strings, RESET ALL, DISCARD ALL). Collected over every statement.
+    - `unvetted`: functions the statement calls that are not vetted built-ins (user, extension or
+      unvetted volatile functions), sorted. `decide()` fails such reads closed unless the source
+      trusts every one of them (`SourcePolicy.trusted_functions`).
     """
 
     kind: Kind
@@ -88,6 +91,7 @@ class Classification:
     executes: str | None = None
     copy_from_stdin: bool = False
     names: tuple[str, ...] = ()
+    unvetted: tuple[str, ...] = ()
     kill: KillTarget | None = None
     uses: str | None = None
     sets: tuple[tuple[str, str | None], ...] = ()
@@ -115,3 +119,4 @@ class SourcePolicy:
     """The parts of a source's settings that decide() reads."""
 
     block_ddl: bool = False
+    trusted_functions: frozenset[str] = frozenset()  # functions (as `unvetted` names them) reads may call

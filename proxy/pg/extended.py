@@ -338,11 +338,15 @@ class ExtendedState:
             if trusted is None:
                 return WAIT
             if trusted:
-                if isinstance(found, Prepared):
-                    return found.classification.kind
-                statement = found.statement
+                statement = found if isinstance(found, Prepared) else found.statement
                 if statement is not None and self._trusted(statement, batch):
-                    return statement.classification.kind
+                    c = statement.classification
+                    # Its unvetted functions are not checked against the source's trust here.
+                    return (
+                        Kind.UNKNOWN
+                        if c.unvetted and STRICTNESS[c.kind] < STRICTNESS[Kind.UNKNOWN]
+                        else c.kind
+                    )
         what = "prepared statement" if verb == "execute" else "cursor or portal"
         return Unknown(f'{what} "{name}" was not made through QueryBase (or no longer exists)')
 

@@ -44,6 +44,7 @@ import structlog
 from policies.cache import classify_pg_cached
 from policies.decide import decide_cached as decide
 from policies.pg import LEXING
+from policies.pg import classify as classify_pg
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
 from proxy.audit import AuditWriter, audit_login, audit_statement
@@ -639,7 +640,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         for name, value in startup_settings(params):
             quoted_name = '"' + name.replace('"', '""') + '"'
             quoted_value = "'" + value.replace("'", "''") + "'"
-            c = classify_pg_cached(f"SET {quoted_name} TO {quoted_value}")
+            c = classify_pg(f"SET {quoted_name} TO {quoted_value}")  # not cached: not a statement
             verdict = decide(c, self.level, self.policy)
             if c.kind is not Kind.SESSION and verdict.action is not Action.FORWARD:
                 raise AccessDenied(f"startup parameter {name!r} refused: {verdict.reason}")

@@ -360,3 +360,29 @@ def test_functions_that_run_sql_text_or_write_in_read_only_are_refused(
             with pytest.raises(ServerError) as caught:
                 raw.query(sql)
             assert caught.value.sqlstate == "42501", sql
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_user_functions_are_held_or_denied(gateway: Gateway, pg_server: PostgresCluster) -> None:
+    """Rule (class 6): reads may call only vetted built-ins; a user function fails closed — denied
+    for read, held for propose — with a message naming it. Directly, the function really deletes."""
+    pg_server.execute_sql(
+        "CREATE OR REPLACE FUNCTION adv_wipe() RETURNS bigint LANGUAGE sql "
+        "AS 'WITH d AS (DELETE FROM items RETURNING 1) SELECT count(*) FROM d'; "
+        "GRANT EXECUTE ON FUNCTION adv_wipe() TO qb_scram;"
+    )
+    with RawPg(pg_server.host, pg_server.port) as direct:
+        direct.login("qb_scram", PG_PASSWORDS["qb_scram"], "qbtest")
+        direct.query("BEGIN")
+        assert direct.query("SELECT adv_wipe()")[0] == [[str(len(ITEMS)).encode()]]
+        direct.query("ROLLBACK")
+    before = gateway.last_request_id()
+    for user, sqlstate in (("carol", "42501"), ("alice", "QB001")):
+        with connect(gateway, user) as raw:
+            with pytest.raises(ServerError) as caught:
+                raw.query("SELECT name FROM items WHERE id = (SELECT adv_wipe())")
+            assert caught.value.sqlstate == sqlstate
+            assert "adv_wipe()" in caught.value.fields.get("M", "") or sqlstate == "QB001"
+    assert [r["statement_text"] for r in gateway.new_requests(before)] == [
+        "SELECT name FROM items WHERE id = (SELECT adv_wipe())"
+    ]

@@ -164,3 +164,18 @@ def test_forward_keeps_the_classifier_reason_for_the_audit() -> None:
 def test_hold_reason_names_the_statement() -> None:
     verdict = decide(Classification(kind=Kind.WRITE, reason="DELETE"), Level.PROPOSE, OPEN)
     assert verdict == Verdict(action=HOLD, kind=Kind.WRITE, reason="DELETE held for approval")
+
+
+def test_reads_calling_unvetted_functions_fail_closed_unless_the_source_trusts_them() -> None:
+    """Issue 10 class 6: held for propose, denied for read (naming the function), forwarded for
+    write; a source's trusted functions are reads again."""
+    c = Classification(Kind.READ, unvetted=("audit.log_read",))
+    denied = decide(c, Level.READ, SourcePolicy())
+    assert denied.action is Action.DENY and "audit.log_read()" in denied.reason
+    assert decide(c, Level.PROPOSE, SourcePolicy()).action is Action.HOLD
+    assert decide(c, Level.WRITE, SourcePolicy()).action is Action.FORWARD
+    trusted = SourcePolicy(trusted_functions=frozenset({"audit.log_read"}))
+    assert decide(c, Level.READ, trusted).action is Action.FORWARD
+    # A write stays a write (held/denied as such), whatever it calls.
+    w = Classification(Kind.WRITE, unvetted=("f",))
+    assert decide(w, Level.PROPOSE, SourcePolicy()).kind is Kind.WRITE

@@ -868,3 +868,23 @@ def test_controls_transactions(sql: str, expected: bool) -> None:
     from policies.pg import controls_transactions
 
     assert controls_transactions(sql) is expected
+
+
+@pytest.mark.parametrize(
+    ("sql", "unvetted"),
+    [
+        ("SELECT lower(name), now(), count(*) FROM items GROUP BY 1", ()),
+        ("SELECT pg_catalog.format_type(23, -1), random(), pg_sleep(0)", ()),
+        ("SELECT my_func(1)", ("my_func",)),
+        ("SELECT public.lower('A')", ("public.lower",)),
+        ('SELECT "Lower"(\'A\')', ("Lower",)),
+        ("SELECT * FROM items WHERE id = (SELECT audit.log_read(1))", ("audit.log_read",)),
+        ("SELECT dblink('x', 'y')", ("dblink",)),  # also privileged by its guard
+        ("SELECT table_to_xml('items', true, false, '')", ("table_to_xml",)),
+        ("SELECT a FROM generate_series(1, 3) a, LATERAL unnest_me(a)", ("unnest_me",)),
+        ("SELECT 1; SELECT f2(); SELECT f1()", ("f1", "f2")),
+    ],
+)
+def test_functions_outside_the_allowlist_are_listed(sql: str, unvetted: tuple[str, ...]) -> None:
+    """Issue 10 class 6: the classifier names every function that is not a vetted built-in."""
+    assert classify(sql).unvetted == unvetted
