@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from admin_api.deps import AdminUser, Ctx
 from proxy.errors import InvalidInput
-from proxy.sourcecheck import test_logins
+from proxy.sourcecheck import check_source
 from proxy.store.catalog import SourceSpec, SourceView
 from proxy.store.models import Engine, UpstreamTLS
 
@@ -29,6 +29,22 @@ _WRITE_ONLY = "write-only: never returned"
 class GrantOut(BaseModel):
     group: str
     level: str
+
+
+class FindingOut(BaseModel):
+    code: str = Field(description="stable identifier, e.g. table_write, superuser, global_privilege")
+    severity: Literal["high", "medium", "low"]
+    what: str
+    why: str
+
+
+class BoundaryOut(BaseModel):
+    """What the read login could do without QueryBase (docs/source-boundary.md)."""
+
+    checked_at: str | None = Field(default=None, description="when `source test` found it (UTC)")
+    login: str
+    findings: list[FindingOut] = Field(description="empty: the login could not write on its own")
+    error: str | None = Field(description="the check could not run")
 
 
 class SourceOut(BaseModel):
@@ -53,6 +69,7 @@ class SourceOut(BaseModel):
     request_ttl_seconds: int
     hold_wait_seconds: int
     allowed_schemas: list[str] | None
+    boundary: BoundaryOut | None = Field(description="the last `test`'s finding; null: never tested")
     grants: list[GrantOut]
 
     @classmethod
@@ -131,8 +148,9 @@ class LoginResultOut(BaseModel):
 
 
 class SourceTestOut(BaseModel):
-    ok: bool
+    ok: bool = Field(description="every login succeeded (findings do not change it)")
     logins: list[LoginResultOut]
+    boundary: BoundaryOut
 
 
 @router.get("")
@@ -193,17 +211,14 @@ async def delete_source(name: str, ctx: Ctx, admin: AdminUser) -> None:
 
 @router.post("/{name}/test")
 async def test_source(name: str, ctx: Ctx, admin: AdminUser) -> SourceTestOut:
-    """Log in with the source's read and write logins; 200 with ok=false when a login fails."""
-    results = await test_logins(await ctx.catalog.source_credentials(name))
-    ok = all(r.ok for r in results)
-    await ctx.catalog.audit(
-        "source.tested",
-        actor=admin.name,
-        source=name,
-        subject=name,
-        payload={"ok": ok, "logins": {r.role: r.ok for r in results}},
-    )
+    """Log in with the source's read and write logins, and check what the read login could do
+    without QueryBase (kept as the source's `boundary`); 200 with ok=false when a login fails."""
+    result = await check_source(await ctx.catalog.source_credentials(name))
+    logins = {r.role: r.ok for r in result.logins}
+    boundary = result.boundary.as_dict()
+    await ctx.catalog.record_source_test(name, logins, boundary, actor=admin.name)
     return SourceTestOut(
-        ok=ok,
-        logins=[LoginResultOut(role=r.role, user=r.user, ok=r.ok, detail=r.detail) for r in results],
+        ok=all(logins.values()),
+        logins=[LoginResultOut(role=r.role, user=r.user, ok=r.ok, detail=r.detail) for r in result.logins],
+        boundary=BoundaryOut.model_validate(boundary),
     )

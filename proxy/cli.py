@@ -497,6 +497,11 @@ async def cmd_source_show(ctx: Context, args: argparse.Namespace) -> int:
     for key, value in data.items():
         if key == "grants":
             continue
+        if key == "boundary":
+            for i, line in enumerate(boundary_lines(args.name, value)):
+                text = line.removeprefix(f"{args.name} boundary: ")
+                ctx.print(f"{key + ':' if i == 0 else '':<24}{text}")
+            continue
         if key == "tls_ca":  # one certificate a line: their subjects hold commas
             for i, line in enumerate(value or ["-"]):
                 ctx.print(f"{key + ':' if i == 0 else '':<24}{line}")
@@ -508,18 +513,41 @@ async def cmd_source_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_source_test(ctx: Context, args: argparse.Namespace) -> int:
-    from proxy.sourcecheck import test_logins
+    from proxy.sourcecheck import check_source
 
     await ctx.require_current_schema()
-    creds = await ctx.catalog(with_key=True).source_credentials(args.name)
-    results = await test_logins(creds)
+    catalog = ctx.catalog(with_key=True)
+    result = await check_source(await catalog.source_credentials(args.name))
+    logins = {r.role: r.ok for r in result.logins}
+    view = await catalog.record_source_test(args.name, logins, result.boundary.as_dict(), actor=ctx.actor)
     if args.json:
-        print_json(ctx, [asdict(r) for r in results])
+        print_json(ctx, {"logins": [asdict(r) for r in result.logins], "boundary": view.boundary})
     else:
-        for r in results:
+        for r in result.logins:
             status = "ok" if r.ok else "FAILED"
             ctx.print(f"{args.name} {r.role} login {r.user!r}: {status}: {r.detail}")
-    return 0 if all(r.ok for r in results) else 1
+        for line in boundary_lines(args.name, result.boundary.as_dict()):
+            ctx.print(line)
+    return 0 if all(logins.values()) else 1
+
+
+def boundary_lines(source: str, boundary: Mapping[str, Any] | None) -> list[str]:
+    """What `source test` and `source show` say about the read login's own privileges."""
+    if boundary is None:
+        return [f"{source} boundary: never checked (run `querybase source test {source}`)"]
+    when = f" (checked {boundary['checked_at']})" if "checked_at" in boundary else ""
+    login = boundary.get("login")
+    if boundary.get("error"):
+        return [f"{source} boundary: not checked: {boundary['error']}{when}"]
+    findings = boundary.get("findings") or []
+    if not findings:
+        return [f"{source} boundary: read login {login!r} could not write on its own: no findings{when}"]
+    lines = [
+        f"{source} boundary: read login {login!r} could act without QueryBase: "
+        f"{len(findings)} finding{'s' if len(findings) > 1 else ''}{when}"
+    ]
+    lines += [f"  [{f['severity']}] {f['what']}: {f['why']}" for f in findings]
+    return lines
 
 
 async def cmd_source_remove(ctx: Context, args: argparse.Namespace) -> int:

@@ -231,6 +231,9 @@ class SourceView:
     request_ttl_seconds: int
     hold_wait_seconds: int
     allowed_schemas: tuple[str, ...] | None
+    # The last check of what the read login could do without QueryBase (`source test`):
+    # {"checked_at", "login", "findings": [{"code", "severity", "what", "why"}], "error"}; None: never.
+    boundary: dict[str, Any] | None = None
     grants: tuple[tuple[str, str], ...] = field(default=())
 
     def as_dict(self) -> dict[str, Any]:
@@ -279,8 +282,16 @@ def _source_view(src: Source, grants: Sequence[tuple[str, str]] = ()) -> SourceV
         request_ttl_seconds=src.request_ttl_seconds,
         hold_wait_seconds=src.hold_wait_seconds,
         allowed_schemas=tuple(src.allowed_schemas) if src.allowed_schemas is not None else None,
+        boundary=_boundary_view(src),
         grants=tuple(grants),
     )
+
+
+def _boundary_view(src: Source) -> dict[str, Any] | None:
+    if src.boundary_report is None or src.boundary_checked_at is None:
+        return None
+    checked_at = audit.as_utc(src.boundary_checked_at).isoformat(timespec="seconds")
+    return {"checked_at": checked_at, **src.boundary_report}
 
 
 def _seal_context(source: str, role: str) -> str:
@@ -738,6 +749,45 @@ class Catalog:
                 else None
             )
             return SourceCredentials(_source_view(src), read_pw, write_pw, src.tls_ca_pem)
+
+    async def record_source_test(
+        self,
+        name: str,
+        logins: Mapping[str, bool],
+        boundary: Mapping[str, Any],
+        *,
+        actor: str | None,
+    ) -> SourceView:
+        """Keep what one `source test` found, and audit it (`source.tested`).
+
+        `logins`: role → whether it logged in. `boundary`: the read login's findings
+        ({"login", "findings", "error"}); it replaces the stored one only when the read login
+        logged in, so a passing network failure does not erase the last real finding.
+        """
+        async with self._store.write_session() as session, session.begin():
+            src = await self._source(session, name)
+            if logins.get("read"):
+                src.boundary_report = dict(boundary)
+                src.boundary_checked_at = utcnow()
+            findings = boundary.get("findings") or []
+            await audit.append(
+                session,
+                "source.tested",
+                actor=actor,
+                source=name,
+                subject=name,
+                payload={
+                    "ok": all(logins.values()),
+                    "logins": dict(logins),
+                    "boundary": {
+                        "login": boundary.get("login"),
+                        "findings": [f"{f['severity']}:{f['code']}" for f in findings],
+                        "error": boundary.get("error"),
+                    },
+                },
+            )
+            await session.flush()
+            return _source_view(src, await self._grants_of(session, src.id))
 
     async def remove_source(self, name: str, *, actor: str | None) -> None:
         async with self._store.write_session() as session, session.begin():

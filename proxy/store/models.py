@@ -162,6 +162,10 @@ class Source(Base):
     request_ttl_seconds: Mapped[int] = mapped_column(Integer, default=24 * 3600)
     hold_wait_seconds: Mapped[int] = mapped_column(Integer, default=0)
     allowed_schemas: Mapped[list[str] | None] = mapped_column(JSON)
+    # The last `source test` of the read login's own privileges (proxy.sourcecheck.Boundary):
+    # {"login", "findings": [{"code", "severity", "what", "why"}], "error"}, and when it ran.
+    boundary_checked_at: Mapped[datetime | None] = mapped_column()
+    boundary_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -465,8 +465,9 @@ def test_source_test_against_real_servers(
     assert f"pg read login 'qb_reader': ok: PostgreSQL {pg_server.version}" in pg
     assert "pg write login 'qb_scram': ok" in pg
     my = json.loads(ok(config, "source", "test", "my", "--json"))
-    assert my[0]["ok"] is True
-    assert mariadb_server.version in my[0]["detail"]
+    assert my["logins"][0]["ok"] is True
+    assert mariadb_server.version in my["logins"][0]["detail"]
+    assert my["boundary"]["login"] == "qb_reader"
 
     bad = run_cli_in_process(config, "source", "test", "pgbad")
     assert bad.returncode == 1

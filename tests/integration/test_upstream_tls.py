@@ -222,7 +222,9 @@ def test_source_test_verifies_the_certificate(gateway: Gateway, engine: str, cas
     name = f"{engine}_{case}"
     ok, reason = EXPECTED[case]
     result = run_cli_in_process(gateway.config, "source", "test", name)
-    lines = [line for line in result.stdout.splitlines() if " login " in line]
+    lines = [
+        line for line in result.stdout.splitlines() if line.startswith((f"{name} read ", f"{name} write "))
+    ]
     assert len(lines) == 2, result.stdout  # read and write login, one line each
     if ok:
         assert result.returncode == 0, result.stdout
