@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from proxy.pg import protocol as pgp
 from tests.integration.test_pg_clients import psql
 from tests.support.changes import Api, held_id
 from tests.support.localdb import PostgresCluster
@@ -25,6 +26,7 @@ from tests.support.pgfront import (
     SOURCE,
     TINY_SOURCE,
     Gateway,
+    RawPg,
     cli,
     listen_port,
     provision,
@@ -456,3 +458,39 @@ def test_waiting_client_that_leaves_keeps_its_request_pending(gateway: Gateway, 
     assert "exception was never retrieved" not in new_log
     assert "Traceback" not in new_log
     assert gateway.count() == 5
+
+
+def test_a_latin1_client_is_held_and_executed_byte_for_byte(gateway: Gateway, items: None) -> None:
+    """Issue 10: a client whose client_encoding is not UTF8 works the same way. Its statement text
+    and its text-format parameter arrive as LATIN1 bytes (é is the single byte 0xE9, not UTF-8);
+    the held request runs with that encoding and the database stores exactly 'café' and 'naïf'."""
+    with RawPg(gateway.host, gateway.port) as raw:
+        raw.login("alice", gateway.passwords["alice"], extra={"client_encoding": "LATIN1"})
+        raw.send(pgp.message(b"Q", b"INSERT INTO items VALUES (60, 'caf\xe9')\x00"))
+        simple = _until_ready(raw)
+        raw.send(
+            pgp.make_parse(b"", b"INSERT INTO items VALUES (61, $1)", [0])
+            + pgp.make_bind(b"", b"", [0], [b"na\xeff"], [])
+            + pgp.make_execute(b"")
+            + pgp.SYNC
+        )
+        extended = _until_ready(raw)
+    ids = []
+    for messages in (simple, extended):
+        fields = pgp.parse_error_fields(next(body for t, body in messages if t == b"E"))
+        assert fields["C"] == "QB001", fields
+        ids.append(held_id(fields["M"]))
+    bob = api(gateway, "bob")
+    for request_id in ids:
+        bob.ok("POST", f"/requests/{request_id}/approve")
+        assert bob.wait_final(request_id)["status"] == "succeeded"
+    assert gateway.rows("SELECT name FROM items WHERE id IN (60, 61) ORDER BY id") == [["café"], ["naïf"]]
+
+
+def _until_ready(raw: RawPg) -> list[tuple[bytes, bytes]]:
+    seen = []
+    while (msg := raw.read_message()) is not None:
+        seen.append(msg)
+        if msg[0] == b"Z":
+            return seen
+    raise AssertionError(f"connection closed: {seen}")
