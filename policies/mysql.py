@@ -254,7 +254,7 @@ def canonical(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
         c = sql[i]
         if c == "'" or (c == '"' and not mode.ansi_quotes):
             j = _quoted_end(sql, i, backslash)
-            body = sql[i:j]
+            body = sql[i:j].replace("\x00", "\ufffd")  # a NUL byte in a literal is data
             out.append(body if backslash else body.replace("\\", "\\\\"))
             i = j
         elif c == '"':  # ANSI_QUOTES: an identifier
@@ -289,6 +289,8 @@ def canonical(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
             else:
                 i = end + 2
             out.append(" ")
+        elif c == "\x00":
+            raise Ambiguous("a NUL byte outside quotes")
         elif ord(c) > 127 and c.isspace():
             raise Ambiguous(f"non-ASCII whitespace U+{ord(c):04X} outside quotes")
         else:
@@ -1332,8 +1334,6 @@ def classify(sql: str, mode: SqlMode = DEFAULT_MODE) -> Classification:
 
 
 def _classify_in(sql: str, mode: SqlMode) -> tuple[Classification, set[str]]:
-    if "\x00" in sql:
-        return Classification(kind=Kind.UNKNOWN, reason="statement text contains a NUL byte"), set()
     try:
         sql = canonical(sql, mode)
         chunks = _split(_tokenize(sql))

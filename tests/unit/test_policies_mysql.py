@@ -762,6 +762,10 @@ ANSI = SqlMode(ansi_quotes=True)
         # U+FFFD stands for bytes invalid in the client character set (a _binary literal's data).
         ("INSERT INTO t VALUES (_binary'\ufffd\\'\ufffd')", SqlMode(), W, 1),
         ("SELECT _binary'\ufffd\\\\'; DELETE FROM items", SqlMode(), W, 2),
+        # A NUL byte inside a literal is data (mysql-connector sends it raw); outside, refused.
+        ("SELECT _binary'\x00\\'\x00' FROM items", SqlMode(), R, 1),
+        ("SELECT '\x00'; DELETE FROM items", SqlMode(), W, 2),
+        ("SELECT 1 \x00; DELETE FROM items", SqlMode(), U, 1),
     ],
 )
 def test_lexing_follows_the_server(sql: str, mode: SqlMode, kind: Kind, statements: int) -> None:
