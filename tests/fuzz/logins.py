@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import time
 import tracemalloc
@@ -75,15 +76,40 @@ async def _garbage(run: driver.Run, port: int, pool: int, kind: int, seed: int) 
         await driver._close(writer)
 
 
+# Which kinds of garbage to send (0 random bytes, 1 cut short and held, 2 SSLRequest + non-TLS
+# bytes, 3 fuzzed login): FUZZ_LOGIN_KINDS=0,1,3 leaves out the TLS path, to tell causes apart.
+KINDS = tuple(int(k) for k in os.environ.get("FUZZ_LOGIN_KINDS", "0,1,2,3").split(","))
+
+
 async def _batch(run: driver.Run, count: int, seed0: int) -> None:
     sem = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> None:
         async with sem:
             for port, pool in ((run.target.pg_port, 5), (run.target.my_port, 6)):
-                await _garbage(run, port, pool, i % 4, seed0 + i)
+                await _garbage(run, port, pool, KINDS[i % len(KINDS)], seed0 + i)
 
     await asyncio.gather(*(one(i) for i in range(count)))
+
+
+IDLE_SESSIONS = 40  # per port, below the sources' pool size (each session holds an upstream)
+
+
+async def _idle_sessions(run: driver.Run, count: int) -> tuple[dict[str, object], dict[str, object]]:
+    """What logged-in, idle sessions cost: `count` per port held open, sampled, closed, sampled."""
+    writers: list[asyncio.StreamWriter] = []
+    for _ in range(count):
+        reader, writer = await driver._open(run, run.target.pg_port, 7)
+        assert await driver.pg_login(driver.PgConn(reader, writer), "fz_read", PASSWORDS["fz_read"], {})
+        writers.append(writer)
+        reader, writer = await driver._open(run, run.target.my_port, 8)
+        assert await driver.my_login(driver.MyConn(reader, writer), "fz_read", PASSWORDS["fz_read"])
+        writers.append(writer)
+    held = await asyncio.to_thread(sample, run.target, f"idle{count}")
+    for writer in writers:
+        await driver._close(writer)
+    await asyncio.sleep(2.0)
+    return held, await asyncio.to_thread(sample, run.target, "idle-closed")
 
 
 def sample(target: Target, name: str, wait: float = 60.0) -> dict[str, object]:
@@ -99,7 +125,19 @@ def sample(target: Target, name: str, wait: float = 60.0) -> dict[str, object]:
     time.sleep(0.05)
     facts: dict[str, object] = json.loads(done.read_text())
     facts["rss_without_gc_kib"] = target.rss_kib()
+    facts["upstreams"] = upstream_connections(target)
     return facts
+
+
+def upstream_connections(target: Target) -> str:
+    """serve's upstream connections as the databases count them: PostgreSQL / MariaDB."""
+    pg = target.pg.execute_sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename IN ('qb_reader', 'qb_scram')"
+    ).strip()
+    maria = target.maria.execute_sql(
+        "SELECT count(*) FROM information_schema.processlist WHERE user IN ('qb_reader', 'qb_native')"
+    ).strip()
+    return f"{pg}/{maria}"
 
 
 def top_growth(directory: Path, first: str, last: str, limit: int = 15) -> list[str]:
@@ -135,18 +173,22 @@ def investigate(target: Target, n: int, *, rounds: int = 3, step: int = 1000, se
     time.sleep(5.0)
     series.append(("idle 5 s", done, sample(target, "end")))
     names.append("end")
+    idle = asyncio.run(_idle_sessions(run, IDLE_SESSIONS))
+    series += [(f"{IDLE_SESSIONS} idle", done, idle[0]), ("closed", done, idle[1])]
     lines = [
-        f"login-path investigation: {rounds} rounds of {n} garbage/half-open/fuzzed logins on each port "
+        f"login-path investigation: {rounds} rounds of {n} garbage/half-open/fuzzed logins on each port, "
+        f"kinds {KINDS}, MALLOC_* {[k + '=' + v for k, v in os.environ.items() if k.startswith('MALLOC_')]} "
         f"({2 * n * rounds} connections, {time.monotonic() - t0:.0f} s); serve pid {target.pid}",
-        f"{'phase':<10} {'conns/port':>10} {'VmRSS after gc':>15} {'gc objects':>11} "
-        f"{'traced (tracemalloc)':>21}",
+        f"{'phase':<10} {'conns/port':>10} {'VmRSS after gc':>15} {'threads':>8} {'upstreams pg/my':>16} "
+        f"{'gc objects':>11} {'traced (tracemalloc)':>21}",
     ]
     for phase, conns, facts in series:
         traced = facts.get("traced_current")
         traced_text = f"{int(traced) / 1048576:.1f} MiB" if isinstance(traced, int) else "-"  # type: ignore[arg-type]
         lines.append(
             f"{phase:<10} {conns:>10} {int(facts['rss_kib']) / 1024:>11.1f} MiB "  # type: ignore[call-overload]
-            f"{facts['gc_objects']:>11} {traced_text:>21}"
+            f"{facts.get('threads', '?'):>8} {facts['upstreams']:>16} {facts['gc_objects']:>11} "
+            f"{traced_text:>21}"
         )
     snaps = target.snapshot_dir
     if snaps is not None and (snaps / "end.snap").exists():

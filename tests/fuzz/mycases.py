@@ -284,7 +284,7 @@ def command_case(seed: int, state: ConnState, *, mutations: float = 1.0) -> Case
     r = random.Random(seed)
     m = Mutator(r)
     msgs: list[Message] = []
-    for _ in range(r.randrange(1, 6)):
+    for _ in range(r.randrange(2, 10)):
         msgs += scenario(r, state)
     msgs = [clone(x) for x in msgs]
     if r.random() < mutations:

@@ -237,12 +237,12 @@ def probe(marker: bytes) -> bytes:
 
 
 def command_case(seed: int, *, mutations: float = 1.0) -> Case:
-    """1-4 scenarios, each message mutated with some probability, then sequence edits and a cut
+    """2-8 scenarios, each message mutated with some probability, then sequence edits and a cut
     into sends. Never a Terminate at the end: the probe needs the session."""
     r = random.Random(seed)
     m = Mutator(r)
     msgs: list[Message] = []
-    for _ in range(r.randrange(1, 5)):
+    for _ in range(r.randrange(2, 9)):
         msgs += scenario(r)
     msgs = [clone(x) for x in msgs]
     if r.random() < mutations:

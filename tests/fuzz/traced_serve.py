@@ -3,7 +3,7 @@
     python tests/fuzz/traced_serve.py SNAPSHOT_DIR --config CONFIG serve
 
 A thread watches SNAPSHOT_DIR: for every NAME.request file it runs a full gc.collect(), reads
-VmRSS, and writes NAME.json (RSS, gc object count, tracemalloc's traced memory) and, when
+VmRSS, and writes NAME.json (RSS, OS threads, gc object count, tracemalloc's traced memory) and, when
 tracemalloc runs (QB_TRACEMALLOC=N frames, default off), NAME.snap, a tracemalloc snapshot.
 Everything else is the ordinary `proxy.cli.main`.
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def _rss_kib() -> int:
+def _status(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return 0
 
@@ -36,7 +36,8 @@ def _watch(directory: Path) -> None:
             t0 = time.monotonic()
             collected = gc.collect()
             facts: dict[str, object] = {
-                "rss_kib": _rss_kib(),
+                "rss_kib": _status("VmRSS"),
+                "threads": _status("Threads"),
                 "gc_collected": collected,
                 "gc_objects": len(gc.get_objects()),
                 "gc_seconds": round(time.monotonic() - t0, 3),
