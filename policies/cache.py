@@ -1,16 +1,17 @@
 """Bounded LRU caches in front of the classifiers (DESIGN.md §8).
 
 The first level is keyed by exact statement text. A second level, consulted on an exact miss, is
-keyed by a literal-insensitive form — for PostgreSQL pglast's fingerprint, for MySQL the token
-stream with literals replaced (`MySQLFingerprintLevel`) — so `pgbench -M simple`'s
+keyed by a literal-insensitive form — the token stream with every literal replaced by its token
+type (PostgreSQL: libpg_query's scanner; MySQL: the classifier's tokenizer) — so `pgbench -M simple`'s
 ever-changing literals do not pay for a full parse each time. DESIGN.md §8 allows a
 literal-insensitive key only where the verdict cannot depend on a constant, so that level serves
 only single-statement SELECT/INSERT/UPDATE/DELETE/WITH/VALUES/TABLE messages that do not mention
 `set_config` — the one place inside such statements where the classifier reads a constant
 (`set_config('default_transaction_read_only', 'off', …)`). Statements like `SET x = off`,
-`EXPLAIN (ANALYZE false)` or `BEGIN READ WRITE` never reach it. Equal fingerprints mean equal
-statement structure (statement types, relation and function names, clauses), so a verdict
-computed for one text holds for every text in its class.
+`EXPLAIN (ANALYZE false)` or `BEGIN READ WRITE` never reach it. Equal keys mean the same tokens
+but for literals — the same relation, schema and function names, spelt the same way — so a verdict
+computed for one text holds for every text in its class. (pglast's fingerprint is not such a key:
+it ignores a relation's schema, so `secret.creds` and `creds` would share a verdict; issue 10.)
 
 Texts longer than `MAX_CACHED_TEXT` are classified every time, so the caches' memory stays bounded.
 The caches count their own hits and misses (`cache_info()`, `FingerprintLevel.hits/misses`) at no
@@ -23,7 +24,7 @@ import functools
 from collections import OrderedDict
 from collections.abc import Callable
 
-from pglast.parser import ParseError, fingerprint
+from pglast.parser import scan
 from sqlglot.tokenizer_core import TokenType
 
 from policies import mysql, pg
@@ -61,6 +62,7 @@ class CachedClassifier:
 
 
 _CONSTANT_FREE_HEADS = ("select", "insert", "update", "delete", "with", "values", "table")
+_PG_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 
 
 class FingerprintLevel:
@@ -87,13 +89,16 @@ class FingerprintLevel:
         return head.startswith(_CONSTANT_FREE_HEADS) and "\x00" not in sql and "set_config" not in sql.lower()
 
     def key(self, sql: str) -> str | None:
-        """PostgreSQL: pglast's fingerprint of an eligible statement."""
+        """PostgreSQL: the scanner's tokens of an eligible statement, literals replaced by their kind."""
         if not self.eligible(sql):
             return None
         try:
-            return str(fingerprint(sql))
-        except (ParseError, UnicodeError):
+            tokens = scan(sql)
+        except Exception:  # the scanner's own errors: the full classifier reports them
             return None
+        return "\x1f".join(
+            token.name if token.name in _PG_LITERALS else sql[token.start : token.end + 1] for token in tokens
+        )
 
     def classify(self, sql: str) -> Classification:
         key = self.key(sql)

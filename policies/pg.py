@@ -91,7 +91,8 @@ class _Facts:
     """What one statement (and everything nested in it) does: the mutable accumulator of a classification."""
 
     __slots__ = (
-        "copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "tables", "unvetted",
+        "copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "schemas", "tables",
+        "unvetted",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -104,6 +105,7 @@ class _Facts:
         self.copy_from_stdin = False
         self.names: list[str] = []
         self.unvetted: set[str] = set()
+        self.schemas: set[str] = set()  # schemas a search_path change names ("*": not known)
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -118,6 +120,7 @@ class _Facts:
         self.ctes |= other.ctes
         self.names += other.names
         self.unvetted |= other.unvetted
+        self.schemas |= other.schemas
 
 
 # --- constants and booleans -------------------------------------------------------------------------
@@ -316,6 +319,36 @@ def clean_encoding_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isascii() and ch.isalnum())
 
 
+def _path_schemas(value: str) -> set[str]:
+    """The schemas a search_path value can name: the value as one name (how a SET argument is
+    quoted) and its comma-separated parts as PostgreSQL splits a list (quotes keep case and
+    commas, unquoted parts fold to lower case). Checking both errs strict."""
+    names = {value}
+    part, quoted, i = "", False, 0
+    parts: list[str] = []
+    while i < len(value):
+        ch = value[i]
+        if quoted:
+            if ch == '"' and value[i + 1 : i + 2] == '"':
+                part += '"'
+                i += 1
+            elif ch == '"':
+                quoted = False
+            else:
+                part += ch
+        elif ch == '"':
+            quoted = True
+        elif ch == ",":
+            parts.append(part)
+            part = ""
+        elif not ch.isspace():
+            part += ch.lower()
+        i += 1
+    parts.append(part)
+    names |= {p for p in parts if p}
+    return names
+
+
 def _lexing_refusal(setting: str, value: str | None) -> str:
     """Why setting `setting` to the constant `value` (None: not a constant) is privileged, or ""."""
     if setting == "standard_conforming_strings":
@@ -379,6 +412,10 @@ def _check_set_config(args: tuple[Any, ...], facts: _Facts) -> None:
             facts.note(Kind.PRIVILEGED, f"set_config({setting}) can lift the read-only backstop")
     elif setting in _IDENTITY_SETTINGS:
         facts.note(Kind.PRIVILEGED, f"set_config({setting}) changes who the session is")
+    elif setting == "search_path":
+        value = _const(args[1]) if len(args) > 1 else None
+        facts.schemas |= _path_schemas(value) if value is not None else {"*"}
+        facts.note(Kind.SESSION, "set_config(search_path)")
     elif setting in _LEXING_SETTINGS:
         facts.names.append(LEXING)
         why = _lexing_refusal(setting, _const(args[1]) if len(args) > 1 else None)
@@ -631,6 +668,11 @@ def _variable_set(node: ast.VariableSetStmt, facts: _Facts) -> None:
             facts.note(Kind.SESSION, f"SET {name} on")
         else:
             facts.note(Kind.PRIVILEGED, f"SET {name} off lifts the read-only backstop")
+    elif name == "search_path":
+        facts.note(Kind.SESSION, "SET search_path")
+        for arg in node.args or ():
+            value = _const(arg)
+            facts.schemas |= _path_schemas(value) if value is not None else {"*"}
     elif name in _LEXING_SETTINGS:
         args = node.args or ()
         value = _const(args[0]) if len(args) == 1 else None
@@ -846,11 +888,14 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
     tables: set[str] = set()
     names: list[str] = []
     unvetted: set[str] = set()
+    schemas: set[str] = set()
     copy_from_stdin = False
     for raw in statements:
         facts = _statement(raw.stmt)
         names += facts.names
         unvetted |= facts.unvetted
+        schemas |= facts.schemas
+        schemas |= {table.split(".")[-2] for table in facts.tables if "." in table}
         tables |= {table for table in facts.tables if table not in facts.ctes}
         copy_from_stdin = copy_from_stdin or facts.copy_from_stdin
         if strictest is None or _RANK[facts.kind] > _RANK[strictest.kind]:
@@ -867,6 +912,7 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
         copy_from_stdin=copy_from_stdin,
         names=tuple(names),
         unvetted=tuple(sorted(unvetted)),
+        schemas=tuple(sorted(schemas)),
     )
 
 

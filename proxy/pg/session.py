@@ -76,6 +76,7 @@ _OPEN = metrics.CLIENT_CONNECTIONS_OPEN.labels(PROTOCOL)
 # Forwarded statements of these kinds are logged as sampled by `[log] read_sample_rate`.
 _SAMPLED_KINDS = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
 _NOT_FORWARDED_PARAMS = frozenset({"user", "database", "replication"})
+_ALWAYS_VISIBLE_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
 
 
 class AccessDenied(QueryBaseError):
@@ -185,6 +186,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         # What the upstream's statements, portals and cursors are (see proxy/pg/extended.py).
         self._ext = ExtendedState()
         self._deferred: tuple[bytes, bytes] | None = None  # a message waiting for earlier replies
+        self.allowed_schemas: tuple[str, ...] | None = None  # the source's schema allowlist
         self._settled: asyncio.Future[None] | None = None
         self._encoding = "utf-8"
         self._waiter: asyncio.Future[None] | None = None
@@ -598,11 +600,16 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.level = level
         self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
         self.hold_wait = creds.view.hold_wait_seconds
+        self.allowed_schemas = creds.view.allowed_schemas
         role = "write" if level is Level.WRITE else "read"
-        upstream_params = tuple(
-            sorted((k, v) for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS)
-        )
-        self._check_startup_settings(upstream_params)
+        forwarded = {k: v for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS}
+        self._check_startup_settings(tuple(forwarded.items()))
+        if self.allowed_schemas is not None and "search_path" not in forwarded:
+            # Unqualified names resolve in the allowed schemas only (and pg_catalog, always first).
+            forwarded["search_path"] = ", ".join(
+                '"' + s.replace('"', '""') + '"' for s in self.allowed_schemas
+            )
+        upstream_params = tuple(sorted(forwarded.items()))
         self.pool = self.f.pool(creds, role)
         upstream = await self.pool.acquire(upstream_params)
         if self._closed:
@@ -641,6 +648,9 @@ class PgSession(RelaySession, asyncio.Protocol):
             quoted_name = '"' + name.replace('"', '""') + '"'
             quoted_value = "'" + value.replace("'", "''") + "'"
             c = classify_pg(f"SET {quoted_name} TO {quoted_value}")  # not cached: not a statement
+            outside = self._out_of_scope(c)
+            if outside is not None:
+                raise AccessDenied(f"startup parameter {name!r} refused: {outside}")
             verdict = decide(c, self.level, self.policy)
             if c.kind is not Kind.SESSION and verdict.action is not Action.FORWARD:
                 raise AccessDenied(f"startup parameter {name!r} refused: {verdict.reason}")
@@ -690,9 +700,34 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _forward(self, raw: bytes) -> None:
         self._out.append(raw)
 
+    def _out_of_scope(self, c: Classification) -> str | None:
+        """The source's schema allowlist, for every user: every schema the statement names (in a
+        qualified table, or a search_path it sets) must be allowed. Unqualified names resolve in
+        the search_path QueryBase pinned at startup. pg_catalog and information_schema describe
+        what the read login may see and stay readable (docs/security.md)."""
+        allowed = self.allowed_schemas
+        if allowed is None or not c.schemas:
+            return None
+        for schema in c.schemas:
+            if (
+                schema not in allowed
+                and schema not in _ALWAYS_VISIBLE_SCHEMAS
+                and not schema.startswith("pg_temp")
+            ):
+                if schema == "*":
+                    return "a search_path QueryBase cannot read; this source allows only " + ", ".join(
+                        allowed
+                    )
+                return f'schema "{schema}" is not allowed on source "{self.source}"'
+        return None
+
     def _decide(self, c: Classification, text: str) -> Verdict:
         assert self.level is not None
-        verdict = decide(c, self.level, self.policy)
+        outside = self._out_of_scope(c)
+        if outside is not None:
+            verdict = Verdict(action=Action.DENY, kind=c.kind, reason=outside)
+        else:
+            verdict = decide(c, self.level, self.policy)
         self._m.counted[(verdict.kind, verdict.action)].inc()
         refusal = audit_statement(
             self.f.audit,

@@ -877,7 +877,7 @@ def test_controls_transactions(sql: str, expected: bool) -> None:
         ("SELECT pg_catalog.format_type(23, -1), random(), pg_sleep(0)", ()),
         ("SELECT my_func(1)", ("my_func",)),
         ("SELECT public.lower('A')", ("public.lower",)),
-        ('SELECT "Lower"(\'A\')', ("Lower",)),
+        ("SELECT \"Lower\"('A')", ("Lower",)),
         ("SELECT * FROM items WHERE id = (SELECT audit.log_read(1))", ("audit.log_read",)),
         ("SELECT dblink('x', 'y')", ("dblink",)),  # also privileged by its guard
         ("SELECT table_to_xml('items', true, false, '')", ("table_to_xml",)),

@@ -105,3 +105,23 @@ def test_mysql_constant_dependent_verdicts_are_not_shared(first: str, second: st
     level = MySQLFingerprintLevel()
     level.classify(first)
     assert level.classify(second).kind is second_kind
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("SELECT token FROM creds", "SELECT token FROM secret.creds"),
+        ("SELECT token FROM secret.creds", "SELECT token FROM public.creds"),
+        ('SELECT token FROM "Creds"', "SELECT token FROM creds"),
+        ("SELECT lower(x) FROM t", "SELECT public.lower(x) FROM t"),
+        ("SELECT lower(x) FROM t", 'SELECT "Lower"(x) FROM t'),
+        ("SELECT data FROM t", 'SELECT U&"d\\0061ta" FROM t'),
+    ],
+)
+def test_names_are_never_shared_between_texts(first: str, second: str) -> None:
+    """Issue 10 class 7: the key keeps every name as written (schemas, quoting, unicode escapes),
+    so a verdict that depends on a name (schema allowlist, function allowlist) is never reused."""
+    level = FingerprintLevel()
+    assert level.key(first) != level.key(second)
+    level.classify(first)
+    assert level.classify(second) == pg.classify(second)
