@@ -266,15 +266,15 @@ class Mutator:
     def mutate_message(self, msg: Message, encode: object) -> None:
         r = self.rng
         op = r.random()
-        if op < 0.55:
+        if op < 0.6:
             for _ in range(r.randrange(1, 3)):
                 self.field(msg)
-        elif op < 0.7:
+        elif op < 0.75:
             self.structure(msg)
-        elif op < 0.78 and msg.type:
+        elif op < 0.83 and msg.type:
             msg.type = bytes((r.choice(b"BCDEFHPQSXdcfpHS\x00\xff" + bytes((r.randrange(256),))),))
             msg.altered = True
-        elif op < 0.86:
+        elif op < 0.88:
             msg.header_lie = self.int_for("i32", len(encode_fields(msg.fields)) + (4 if msg.type else 0))
             msg.altered = True
         else:

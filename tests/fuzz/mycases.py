@@ -288,12 +288,13 @@ def command_case(seed: int, state: ConnState, *, mutations: float = 1.0) -> Case
         msgs += scenario(r, state)
     msgs = [clone(x) for x in msgs]
     if r.random() < mutations:
-        for msg in msgs:
-            if r.random() < 0.2:
-                m.mutate_message(msg, encode_my)
-            if r.random() < 0.03:
+        for _ in range(r.choice((0, 1, 1, 2, 2, 3))):  # how many messages a mutation touches
+            msg = r.choice(msgs)
+            if r.random() < 0.1:
                 msg.seq = r.choice((1, 2, 0xFF, r.randrange(256)))
                 msg.altered = True
+            else:
+                m.mutate_message(msg, encode_my)
         for _ in range(r.randrange(0, 3)):
             msgs = m.sequence(msgs, ALL_TEMPLATES)
     data = b"".join(encode_my(x) for x in msgs)
