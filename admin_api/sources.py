@@ -22,6 +22,10 @@ _TLS_DOC = (
     "(chains to tls_ca_pem, else the system's CAs), verify-full (and names the host); MySQL's "
     "VERIFY_CA / VERIFY_IDENTITY use the same words"
 )
+_TRUSTED_DOC = (
+    "functions reads may call besides the vetted built-ins, as the classifier names them "
+    "(`name`, or `schema.name` when called qualified); anything else a read calls is held or denied"
+)
 _CA_DOC = "PEM CA bundle (text) for verify-ca / verify-full; stored in the catalog, shown as a summary"
 _WRITE_ONLY = "write-only: never returned"
 
@@ -69,6 +73,7 @@ class SourceOut(BaseModel):
     request_ttl_seconds: int
     hold_wait_seconds: int
     allowed_schemas: list[str] | None
+    trusted_functions: list[str] = Field(description="functions reads may call besides vetted built-ins")
     boundary: BoundaryOut | None = Field(description="the last `test`'s finding; null: never tested")
     grants: list[GrantOut]
 
@@ -99,6 +104,7 @@ class SourceCreate(BaseModel):
     request_ttl_seconds: int = Field(default=24 * 3600, ge=60, le=90 * 24 * 3600)
     hold_wait_seconds: int = Field(default=0, ge=0, le=3600)
     allowed_schemas: list[str] | None = None
+    trusted_functions: list[str] = Field(default_factory=list, description=_TRUSTED_DOC)
 
 
 class SourceUpdate(BaseModel):
@@ -126,6 +132,7 @@ class SourceUpdate(BaseModel):
     request_ttl_seconds: int | None = Field(default=None, ge=60, le=90 * 24 * 3600)
     hold_wait_seconds: int | None = Field(default=None, ge=0, le=3600)
     allowed_schemas: list[str] | None = None
+    trusted_functions: list[str] | None = Field(default=None, description=_TRUSTED_DOC)
 
 
 _NULLABLE = frozenset(
@@ -136,6 +143,7 @@ _NULLABLE = frozenset(
         "ddl_approvals_required",
         "allowed_schemas",
         "tls_ca_pem",
+        "trusted_functions",
     }
 )
 
@@ -179,6 +187,7 @@ async def create_source(body: SourceCreate, ctx: Ctx, admin: AdminUser) -> Sourc
         request_ttl_seconds=body.request_ttl_seconds,
         hold_wait_seconds=body.hold_wait_seconds,
         allowed_schemas=tuple(body.allowed_schemas) if body.allowed_schemas is not None else None,
+        trusted_functions=tuple(body.trusted_functions),
     )
     await ctx.catalog.add_source(
         spec, read_password=body.read_password, write_password=body.write_password, actor=admin.name

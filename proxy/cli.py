@@ -418,6 +418,10 @@ def source_changes(args: argparse.Namespace, environ: Mapping[str, str]) -> dict
         changes["tls_ca_pem"] = None
     elif args.tls_ca:
         changes["tls_ca_pem"] = read_ca_file(args.tls_ca)
+    if args.trusted_functions is not None:
+        changes["trusted_functions"] = tuple(
+            f.strip() for f in args.trusted_functions.split(",") if f.strip()
+        )
     if args.all_schemas:
         changes["allowed_schemas"] = None
     elif args.schemas is not None:
@@ -1286,6 +1290,11 @@ def add_source_set_options(sub: argparse.ArgumentParser) -> None:
     schemas = sub.add_mutually_exclusive_group()
     schemas.add_argument("--schemas", metavar="A,B", help="only these schemas (comma-separated)")
     schemas.add_argument("--all-schemas", action="store_true", help="no schema restriction")
+    sub.add_argument(
+        "--trusted-functions",
+        metavar="F,S.G",
+        help="functions reads may call besides vetted built-ins (comma-separated; empty: none)",
+    )
 
 
 async def _grant_or_list(ctx: Context, args: argparse.Namespace) -> int:

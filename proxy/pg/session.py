@@ -598,7 +598,9 @@ class PgSession(RelaySession, asyncio.Protocol):
                 f'permission denied for source "{self.source}": user "{self.user}" has no grant on it'
             )
         self.level = level
-        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.policy = SourcePolicy(
+            block_ddl=creds.view.block_ddl, trusted_functions=frozenset(creds.view.trusted_functions)
+        )
         self.hold_wait = creds.view.hold_wait_seconds
         self.allowed_schemas = creds.view.allowed_schemas
         role = "write" if level is Level.WRITE else "read"

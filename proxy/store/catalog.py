@@ -140,6 +140,7 @@ class SourceSpec:
     request_ttl_seconds: int = 24 * 3600
     hold_wait_seconds: int = 0
     allowed_schemas: tuple[str, ...] | None = None
+    trusted_functions: tuple[str, ...] = ()
 
 
 # What `Catalog.update_source` may change; name and engine are fixed for the life of a source.
@@ -162,6 +163,7 @@ MUTABLE_SOURCE_FIELDS = frozenset(
         "request_ttl_seconds",
         "hold_wait_seconds",
         "allowed_schemas",
+        "trusted_functions",
     }
 )
 TLS_MODE_WORDS = ", ".join(t.value for t in UpstreamTLS)
@@ -194,6 +196,9 @@ def _check_source(row: Source) -> None:
         for schema in row.allowed_schemas:
             if not schema or len(schema) > 255:
                 raise InvalidInput(f"invalid schema name {schema!r} in allowed_schemas")
+    for function in row.trusted_functions or ():
+        if not function or len(function) > 255 or any(c.isspace() for c in function):
+            raise InvalidInput(f"invalid function name {function!r} in trusted_functions")
     if row.write_password_sealed is not None and row.write_user is None:
         raise InvalidInput("a write password needs a write user")
     _check_ca(row.tls_ca_pem)
@@ -231,6 +236,7 @@ class SourceView:
     request_ttl_seconds: int
     hold_wait_seconds: int
     allowed_schemas: tuple[str, ...] | None
+    trusted_functions: tuple[str, ...]  # reads may call them besides the vetted built-ins
     # The last check of what the read login could do without QueryBase (`source test`):
     # {"checked_at", "login", "findings": [{"code", "severity", "what", "why"}], "error"}; None: never.
     boundary: dict[str, Any] | None = None
@@ -282,6 +288,7 @@ def _source_view(src: Source, grants: Sequence[tuple[str, str]] = ()) -> SourceV
         request_ttl_seconds=src.request_ttl_seconds,
         hold_wait_seconds=src.hold_wait_seconds,
         allowed_schemas=tuple(src.allowed_schemas) if src.allowed_schemas is not None else None,
+        trusted_functions=tuple(src.trusted_functions or ()),
         boundary=_boundary_view(src),
         grants=tuple(grants),
     )
@@ -631,6 +638,7 @@ class Catalog:
             request_ttl_seconds=spec.request_ttl_seconds,
             hold_wait_seconds=spec.hold_wait_seconds,
             allowed_schemas=list(spec.allowed_schemas) if spec.allowed_schemas is not None else None,
+            trusted_functions=list(spec.trusted_functions) or None,
         )
         _check_source(row)
         async with self._store.write_session() as session, session.begin():
@@ -661,6 +669,7 @@ class Catalog:
                     "allowed_schemas": list(spec.allowed_schemas)
                     if spec.allowed_schemas is not None
                     else None,
+                    "trusted_functions": list(spec.trusted_functions),
                 },
             )
         return _source_view(row)
@@ -698,6 +707,8 @@ class Catalog:
                     continue
                 elif key == "allowed_schemas" and value is not None:
                     value = list(value)
+                elif key == "trusted_functions":
+                    value = sorted(set(value or ())) or None
                 setattr(src, key, value)
                 recorded[key] = value.value if isinstance(value, UpstreamTLS) else value
             if changes.get("tls_ca_pem") and "tls" not in changes and not tls_verified(src.tls.value):

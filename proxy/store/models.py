@@ -162,6 +162,9 @@ class Source(Base):
     request_ttl_seconds: Mapped[int] = mapped_column(Integer, default=24 * 3600)
     hold_wait_seconds: Mapped[int] = mapped_column(Integer, default=0)
     allowed_schemas: Mapped[list[str] | None] = mapped_column(JSON)
+    # Functions (as the classifier names them: `name` or `schema.name`) reads may call on this source
+    # besides the vetted built-ins; NULL: none.
+    trusted_functions: Mapped[list[str] | None] = mapped_column(JSON)
     # The last `source test` of the read login's own privileges (proxy.sourcecheck.Boundary):
     # {"login", "findings": [{"code", "severity", "what", "why"}], "error"}, and when it ran.
     boundary_checked_at: Mapped[datetime | None] = mapped_column()

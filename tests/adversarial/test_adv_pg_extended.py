@@ -386,3 +386,32 @@ def test_user_functions_are_held_or_denied(gateway: Gateway, pg_server: Postgres
     assert [r["statement_text"] for r in gateway.new_requests(before)] == [
         "SELECT name FROM items WHERE id = (SELECT adv_wipe())"
     ]
+
+
+def test_a_function_the_source_trusts_is_a_read(gateway: Gateway, pg_server: PostgresCluster) -> None:
+    """Class 6: `source set --trusted-functions` lets reads call the named functions (as the
+    classifier names them); others stay refused, and a trusted one still runs read-only."""
+    pg_server.execute_sql(
+        "CREATE OR REPLACE FUNCTION adv_double(int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 * 2';"
+        "CREATE OR REPLACE FUNCTION adv_wipe2() RETURNS void LANGUAGE sql AS 'DELETE FROM items';"
+    )
+    cli(
+        gateway.config,
+        "source",
+        "set",
+        OPEN,
+        "--trusted-functions",
+        "adv_double, public.adv_double, adv_wipe2",
+    )
+    try:
+        with connect(gateway, "carol") as raw:
+            assert raw.query("SELECT adv_double(21), public.adv_double(1)")[0] == [[b"42", b"2"]]
+            with pytest.raises(ServerError) as caught:
+                raw.query("SELECT adv_wipe()")
+            assert caught.value.sqlstate == "42501"
+            with pytest.raises(ServerError) as caught:
+                raw.query("SELECT adv_wipe2()")
+            assert caught.value.sqlstate == "25006"  # trusted, so forwarded: the backstop stops it
+        assert gateway.count() == len(ITEMS)
+    finally:
+        cli(gateway.config, "source", "set", OPEN, "--trusted-functions", "")
