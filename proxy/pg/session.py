@@ -403,7 +403,7 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def _fatal(self, exc: QueryBaseError) -> None:
         self.log.warning("session_error", sqlstate=exc.sqlstate, error=exc.message)
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self.transport.is_closing():
             self.transport.write(pgp.make_error("FATAL", exc.sqlstate, exc.message))
             self.transport.close()
         self._closed = True
@@ -473,7 +473,17 @@ class PgSession(RelaySession, asyncio.Protocol):
                     continue
                 self.transport.write(b"S")
                 loop = asyncio.get_running_loop()
-                new = await loop.start_tls(self.transport, self, self.f.tls, server_side=True)
+                try:
+                    new = await loop.start_tls(self.transport, self, self.f.tls, server_side=True)
+                except (ssl.SSLError, OSError) as exc:  # hostile or broken input: one line, no traceback
+                    self.log.warning(
+                        "tls_handshake_failed", error=str(exc).splitlines()[0] if str(exc) else ""
+                    )
+                    metrics.login_failed(PROTOCOL, "protocol")
+                    self._closed = True
+                    if not self.transport.is_closing():
+                        self.transport.close()
+                    raise ConnectionResetError from None
                 self.transport, self.on_tls = cast(asyncio.Transport, new), True
             elif isinstance(request, pgp.GSSENCRequest):
                 if self.reader.buffered:
@@ -955,7 +965,11 @@ class PgSession(RelaySession, asyncio.Protocol):
     ) -> None:
         request_id: int | None = None
         try:
-            error, request_id = await self._refusal_error(verdict, draft)
+            try:
+                error, request_id = await self._refusal_error(verdict, draft)
+            except pgp.ProtocolViolation as exc:  # the held Execute's Bind was malformed
+                self._fatal(exc)
+                return
             await self._upstream_idle()
             assert self.transport is not None
             if request_id is not None and self.status == b"I" and self.hold_wait > 0 and self.f.changes:
