@@ -627,9 +627,13 @@ class PgSession(RelaySession, asyncio.Protocol):
         if self._closed:
             await self.pool.release(upstream)
             return
+        client_encoding = upstream.parameter_status.get("client_encoding", "UTF8")
+        if pgp.python_encoding(client_encoding) is None:
+            await self.pool.release(upstream)
+            raise _unsupported_encoding(client_encoding)
         self.upstream = upstream
         self.status = upstream.status
-        self._follow_encoding(upstream.parameter_status.get("client_encoding", "UTF8"))
+        self._follow_encoding(client_encoding)
         self.key = self.f.new_key(self)
         hello = bytearray(pgp.make_auth(pgp.AuthCode.OK))
         for name, value in upstream.parameter_status.items():

@@ -304,6 +304,13 @@ def test_startup_parameters_pass_policy(gateway: Gateway, extra: dict[str, str])
     assert caught.value.sqlstate == "42501", caught.value.fields
 
 
+def test_a_write_user_with_an_unsafe_startup_encoding_is_refused_at_login(gateway: Gateway) -> None:
+    """Rule: QueryBase never relays text it cannot read as the server does, whoever sends it."""
+    with RawPg(gateway.host, gateway.port) as raw, pytest.raises(ServerError) as caught:
+        raw.login("dave", gateway.passwords["dave"], "shop", extra={"client_encoding": "SJIS"})
+    assert "SJIS is not supported" in caught.value.fields["M"]
+
+
 def test_unsafe_client_encoding_set_later_is_refused(gateway: Gateway) -> None:
     """Rule: a client encoding whose characters can contain 0x5C is refused (SET NAMES too)."""
     with connect(gateway, "carol") as raw:
