@@ -1353,7 +1353,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                         reason = f"waiting failed: {type(exc).__name__}"
                         self._send_err(_held_error(request_id, self.source, reason), 1)
                 else:
-                    self._send_err(_held_error(request_id, self.source), 1)
+                    why = c.reason if c.kind is Kind.UNKNOWN else ""
+                    self._send_err(_held_error(request_id, self.source, why=why), 1)
         finally:
             self._busy = False
             self._resume("refuse")
@@ -1428,12 +1429,14 @@ _LOGIN_FAILURE_REASONS: dict[int, str | None] = {
 }
 
 
-def _held_error(request_id: int, source: str, state: str = "") -> MySQLError:
+def _held_error(request_id: int, source: str, state: str = "", *, why: str = "") -> MySQLError:
+    """The held error; `why` says why a statement QueryBase could not classify was held."""
     return MySQLError(
         ER_HELD,
         "HY000",
         f'write held for approval as change request #{request_id} on source "{source}"'
         + (f" ({state})" if state else "")
+        + (f" [{why}]" if why else "")
         + "; it did not run and runs once, exactly as sent, when an approver approves it",
     )
 
