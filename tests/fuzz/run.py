@@ -117,6 +117,9 @@ class Summary:
             lines.append(f"  log: {line[:2000]}")
         for client, seeds in list(self.suspects.items())[:20]:
             lines.append(f"  connection {client} sent: {' '.join(seeds)}")
+        for client, seeds in list(self.suspects.items())[:3]:  # the bytes of each one's last cases
+            for spec in seeds[-2:]:
+                lines.append(f"  {client} {spec}: {show(spec)[:3000]}")
         for error in self.client_errors[:10]:
             lines.append(f"  client: {error}")
         failures = self.failures()
