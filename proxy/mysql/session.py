@@ -353,7 +353,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.log.info("disconnected")
 
     def upstream_data(self, data: bytes) -> None:
-        if self.transport is not None and self._hidden is None:
+        if self.transport is not None and self._hidden is None and not self.transport.is_closing():
             self.transport.write(data)
         try:
             self._upstream_reader.feed(data)
@@ -502,7 +502,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.transport.close()
 
     def _send_err(self, exc: QueryBaseError, seq: int) -> None:
-        if self.transport is not None and not self._closed:
+        if self.transport is not None and not self._closed and not self.transport.is_closing():
             payload = my.make_err(
                 exc.mysql_errno, exc.sqlstate if len(exc.sqlstate) == 5 else "HY000", exc.message
             )
@@ -538,6 +538,14 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         except TimeoutError:
             metrics.login_failed(PROTOCOL, "protocol")
             self._fatal(my.ProtocolViolation("login timed out"), self._reply_seq)
+        except OSError as exc:
+            # A TLS handshake that is not one (ssl.SSLError), a peer that vanished mid-login:
+            # hostile or broken input, an expected event — one line, no traceback.
+            metrics.login_failed(PROTOCOL, "protocol")
+            self.log.warning("login_aborted", error=f"{type(exc).__name__}: {exc}", tls=self.on_tls)
+            self._closed = True
+            if self.transport is not None:
+                self.transport.abort()
         except MySQLError as exc:
             _count_login_failure(exc)
             self._audit_login_failure(exc)
@@ -1276,7 +1284,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._process()
 
     def _reply_ok(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(my.make_packets(my.make_ok(status=self._status()), 1)[0])
 
     def _refuse(
