@@ -289,6 +289,18 @@ _FUNCTION_PREFIXES: tuple[tuple[str, Kind, str], ...] = (
     ("pg_try_advisory", Kind.SESSION, "takes advisory locks"),
 )
 
+# Built-ins the guards above classify themselves (exact names): not "unvetted" when called
+# unqualified or in pg_catalog — a same-named function in another schema still is.
+_GUARDED_BUILTINS = frozenset(
+    {*_FUNCTIONS, "set_config"}
+    | {
+        f"pg_{try_}advisory_{what}"
+        for try_ in ("", "try_")
+        for what in ("lock", "lock_shared", "xact_lock", "xact_lock_shared")
+    }
+    | {"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all"}
+)
+
 _READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
 _RESET_KINDS = {
     enums.VariableSetKind.VAR_RESET: "RESET {}",
@@ -392,7 +404,7 @@ def _vet_function(names: tuple[Any, ...], facts: _Facts) -> None:
     name = parts[-1] or ""
     schema = parts[-2] if len(parts) > 1 else None
     if schema in (None, "pg_catalog"):
-        vetted = name in SAFE_FUNCTIONS
+        vetted = name in SAFE_FUNCTIONS or name in _GUARDED_BUILTINS
     else:
         vetted = schema == "information_schema" and f"information_schema.{name}" in SAFE_FUNCTIONS
     if not vetted:

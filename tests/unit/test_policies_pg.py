@@ -883,6 +883,10 @@ def test_controls_transactions(sql: str, expected: bool) -> None:
         ("SELECT table_to_xml('items', true, false, '')", ("table_to_xml",)),
         ("SELECT a FROM generate_series(1, 3) a, LATERAL unnest_me(a)", ("unnest_me",)),
         ("SELECT 1; SELECT f2(); SELECT f1()", ("f1", "f2")),
+        ("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;", ()),  # asyncpg pool reset
+        ("SELECT pg_try_advisory_lock(1), set_config('application_name', 'x', false)", ()),
+        ("SELECT evil.pg_advisory_lock(1)", ("evil.pg_advisory_lock",)),
+        ("SELECT nextval('s')", ()),  # a write by its guard, whatever else
     ],
 )
 def test_functions_outside_the_allowlist_are_listed(sql: str, unvetted: tuple[str, ...]) -> None:
