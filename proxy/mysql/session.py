@@ -266,6 +266,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._statements: dict[int, _Prepared] = {}
         self._next_virtual = VIRTUAL_STATEMENT_BASE
         self._last_prepared = -1  # what MariaDB's statement id 0xFFFFFFFF means
+        self._lost = False  # connection_lost ran (the login may have to run it: see _login)
         self._hidden: _Hidden | None = None  # the response in flight answers QueryBase's own query
         self._hidden_queue: list[_Hidden] = []
         self._hidden_row: bytes | None = None
@@ -332,6 +333,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
         self._closed = True
         _OPEN.dec()
         if self._session_open is not None:
@@ -342,8 +346,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self.f.registry.unregister(self.entry)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if self._login_task is not None and not self._login_task.done():
-            self._login_task.cancel()
+        login = self._login_task
+        if login is not None and not login.done() and login is not asyncio.current_task():
+            login.cancel()
         self._cancel_tasks()
         if self.upstream is not None and self.pool is not None:
             upstream, pool, self.upstream = self.upstream, self.pool, None
@@ -500,6 +505,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if self.transport is not None and not self._closed:
             self._send_err(MySQLError(1053, "08S01", "QueryBase is shutting down"), 0)
             self.transport.close()
+        if not self._ready and self._login_task is not None and not self._login_task.done():
+            self._login_task.cancel()  # e.g. waiting in a TLS handshake the client abandoned
 
     def _send_err(self, exc: QueryBaseError, seq: int) -> None:
         if self.transport is not None and not self._closed and not self.transport.is_closing():
@@ -529,6 +536,19 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             await self._waiter
 
     async def _login(self) -> None:
+        try:
+            await self._login_steps()
+        finally:
+            # A TLS handshake that failed or was cancelled leaves the socket to the TLS layer,
+            # which never reports the loss to this protocol: end the session here then.
+            if (
+                not self._ready
+                and not self._lost
+                and (self._closed or self.transport is None or self.transport.is_closing())
+            ):
+                self.connection_lost(None)
+
+    async def _login_steps(self) -> None:
         try:
             async with asyncio.timeout(LOGIN_TIMEOUT):
                 seq = await self._authenticate()

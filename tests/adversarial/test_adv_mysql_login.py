@@ -125,6 +125,31 @@ def test_hang_up_during_a_large_result(gateway: Gateway) -> None:
         raw.close()
 
 
+def test_abandoned_tls_handshake_does_not_hold_up_shutdown(
+    mariadb_server: MariaDBServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Rule: a session whose client abandoned its TLS handshake half-way (the TLS layer never tells
+    the session the socket is gone) still ends, so `serve` stops promptly on SIGTERM."""
+    home = tmp_path_factory.mktemp("adv-login-stop") / "home"
+    with running_gateway(mariadb_server, home, tls_mode="allow") as gw:
+        with socket.create_connection((gw.host, gw.port), timeout=5) as sock:
+            ssl_request(sock)
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            sock.sendall(outgoing.read())  # the ClientHello, then nothing more
+            assert sock.recv(5)[:1] == b"\x16"  # the server's hello
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert gw.serve.stop(timeout=15) == 0
+        assert time.monotonic() - started < 10
+        assert not problems(gw.serve.log.splitlines()), problems(gw.serve.log.splitlines())
+
+
 def test_tls_login_still_works(gateway: Gateway) -> None:
     """The same port still speaks TLS properly afterwards (a real handshake, then a query)."""
     with socket.create_connection((gateway.host, gateway.port), timeout=5) as sock:
