@@ -2,11 +2,15 @@
 
 Theory of operation
 -------------------
-1. Executable comments (`/*!40101 SET NAMES utf8 */`, MariaDB `/*M!100100 … */`) are unwrapped first:
-   the server runs their content (mysqldump relies on it), but sqlglot's tokenizer keeps them as
-   comments. `_unwrap_executable_comments` is a small lexer (quotes, `#`/`-- ` comments, `/* */`)
-   that replaces only the markers by spaces; the version number is ignored, so content is always
-   treated as executed (stricter than a server that would skip it).
+1. `canonical()` rewrites the text, under the session's `SqlMode` (ANSI_QUOTES,
+   NO_BACKSLASH_ESCAPES), into a form sqlglot's MySQL tokenizer splits exactly where the server
+   does: comments become spaces; executable comments (`/*!40101 SET NAMES utf8 */`, MariaDB
+   `/*M!100100 … */`) keep their content, always treated as executed, and must end at their first
+   `*/` (the server skips them up to it when their version is too high); `--` not followed by
+   whitespace or a control character becomes `- -`; ANSI `"…"` identifiers become backquoted;
+   backslashes under NO_BACKSLASH_ESCAPES are doubled. Text the servers could read two ways
+   (`--` before a non-ASCII character, non-ASCII whitespace or NUL outside quotes, a quote that
+   swallows an executable comment's `*/`) raises `Ambiguous`: unknown.
 2. The text is tokenized once with sqlglot's MySQL tokenizer and split into statements on `;` tokens
    (so `;` inside strings, identifiers and comments never splits).
 3. Each statement is dispatched on its head keyword through `_HEADS` (a dict, not an if/elif chain).
@@ -30,8 +34,15 @@ Deliberate choices
 - `SELECT … FOR UPDATE / FOR SHARE / LOCK IN SHARE MODE` is a write (row locks).
 - `HANDLER …` (OPEN/READ/CLOSE) is a write: it keeps a low-level table handle across statements and
   reads bypass the optimizer; not worth trusting as a read.
-- `KILL [QUERY|CONNECTION] n` is session: the session translates QueryBase's connection ids to
-  upstream threads and refuses others (DESIGN.md §2).
+- Statements the session treats specially are reported as facts, never left to text patterns:
+  `kill` (a `KillTarget` for every KILL form; only a plain integer literal is resolvable), `uses`
+  (USE), `sets` (sql_mode / character_set_client with their literal values), `schemas` (what SHOW
+  names; `*` for listings of every schema). KILL is session; the session translates QueryBase's
+  connection ids to upstream threads and refuses everything else (DESIGN.md §2).
+- Reads may call only allowlisted built-ins (`_SAFE_FUNCTION_GROUPS`, checked on the tokens: a
+  name followed by "(" that is qualified, backquoted or not vetted makes the statement unknown).
+- A message where a statement other than the last changes sql_mode is classified under every
+  lexing mode and takes the strictest answer.
 - `SET autocommit = …` (any spelling, any value) is transaction: it moves transaction boundaries,
   which the session tracks. `SET GLOBAL`/`PERSIST`/`PERSIST_ONLY` of anything is privileged.
 - `transaction_read_only`/`tx_read_only` set to 1/ON/TRUE (or 'ON'/'1'/'TRUE') is session; any
@@ -51,15 +62,14 @@ Deliberate choices
   FLUSH, RESET, PURGE, SHUTDOWN, RESTART, INSTALL/UNINSTALL, CHANGE MASTER/REPLICATION,
   START/STOP REPLICA/SLAVE, BINLOG, CLONE, GRANT/REVOKE and user/role/server management are
   privileged. `CREATE FUNCTION … SONAME` (a UDF from a shared library) is privileged.
-- Function names are matched case-insensitively whatever their schema; user functions are not known
-  to write — the read-only upstream session is the backstop.
+- `_FUNCTIONS` names are matched case-insensitively whatever their schema.
 - sqlglot logs a warning (logger "sqlglot") when it falls back to `exp.Command`; most such statements
   are dispatched before parsing, so this is rare and harmless.
-- Text with a NUL byte is unknown.
+- A NUL byte inside a quoted literal is data; anywhere else the text is unknown. The session hands
+  over bytes invalid in the client character set as U+FFFD (always inside literals or names).
 
 Known gaps (fail closed or rely on the backstop): compound bodies (`CREATE PROCEDURE … BEGIN …; …;
-END`) are split at their inner `;` and come out unknown; a session in `NO_BACKSLASH_ESCAPES` mode
-lexes `'a\\'` differently from the classifier.
+END`) are split at their inner `;` and come out unknown.
 """
 
 from __future__ import annotations
@@ -1248,7 +1258,20 @@ def _statement(stmt: _Stmt) -> _Facts:
         handler(stmt, facts)
     if STRICTNESS[facts.kind] == 0:
         _check_calls(stmt, facts)
+    facts.schemas |= _routine_schemas(stmt.tokens)
     return facts
+
+
+def _routine_schemas(tokens: Sequence[Token]) -> set[str]:
+    """Schemas of qualified routine calls (`db.f(…)`, `CALL db.p(…)`), for the schema allowlist."""
+    return {
+        tokens[i].text
+        for i in range(len(tokens) - 3)
+        if tokens[i].token_type in _CALL_NAMES
+        and tokens[i + 1].token_type is TokenType.DOT
+        and tokens[i + 2].token_type in _CALL_NAMES
+        and tokens[i + 3].token_type is TokenType.L_PAREN
+    }
 
 
 def _statement_text(text: str) -> _Facts:

@@ -11,8 +11,17 @@ The relay is request/response: one client command at a time goes upstream, its r
 relayed as it arrives and followed with a `ResultScanner`; the next buffered command is handled
 when the response is complete. COM_QUERY and COM_STMT_EXECUTE are decided by policy (classified
 at COM_QUERY / COM_STMT_PREPARE); a held or denied command is answered with an ERR by QueryBase
-and never reaches the upstream. `KILL [QUERY] n` with a QueryBase connection id is translated to
-the upstream thread of that session (same QueryBase user only).
+and never reaches the upstream. Every command byte has an explicit handler (`_HANDLERS`). KILL, in
+any spelling the classifier recognises, and COM_PROCESS_KILL are never relayed: a QueryBase
+connection id (or upstream thread id) of the same user's own session is translated to that
+session's upstream thread; everything else is refused.
+
+Session state the classifier depends on is tracked here: the current schema (USE, COM_INIT_DB;
+for the source's schema allowlist) and how the server lexes (`sql_mode`, `character_set_client`),
+which QueryBase reads back from the upstream with its own hidden query (`_Hidden.LEXING`) after
+login, COM_CHANGE_USER, COM_RESET_CONNECTION and any statement that may change them. COM_QUERY
+bytes are decoded in the client character set with invalid bytes as U+FFFD for classification;
+the exact bytes are forwarded, and held (`statement_b64`) when the text is not exact.
 
 Metrics and the statement log (proxy/metrics.py, docs/observability.md): a COM_QUERY or
 COM_STMT_EXECUTE (and a COM_STMT_PREPARE refused at once) is counted in a pre-bound counter when

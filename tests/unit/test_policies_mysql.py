@@ -807,6 +807,8 @@ def test_canonical_text_is_what_sqlglot_reads_the_same() -> None:
         ("TABLE mysql.user", ("mysql.user",), ()),
         ("CHECKSUM TABLE qbother.secrets", ("qbother.secrets",), ()),
         ("SELECT * FROM information_schema.TABLES", ("information_schema.TABLES",), ()),
+        ("CALL mysql.some_proc(1)", (), ("mysql",)),
+        ("SELECT qbother.f(1) FROM items", ("items",), ("qbother",)),
     ],
 )
 def test_scope_facts(sql: str, tables: tuple[str, ...], schemas: tuple[str, ...]) -> None:
