@@ -55,6 +55,7 @@ class Stats:
     closed_by_server: int = 0
     stalls: int = 0
     client_errors: list[str] = field(default_factory=list)
+    harness_errors: list[str] = field(default_factory=list)  # exceptions of the fuzzer itself
 
 
 @dataclass
@@ -82,11 +83,16 @@ class Run:
         return next(self._addresses[pool])
 
     def remember(self, writer: asyncio.StreamWriter, entry: str) -> None:
-        sock = writer.get_extra_info("sockname")
-        key = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else "?"
+        key = _key(writer)
         self.history.setdefault(key, deque(maxlen=HISTORY)).append(entry)
         if len(self.history) > 20000:
             self.history.pop(next(iter(self.history)))
+
+
+def _key(writer: asyncio.StreamWriter) -> str:
+    """The client address of a connection as serve logs it ("ip:port")."""
+    sock = writer.get_extra_info("sockname")
+    return f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else "?"
 
 
 def client_tls() -> ssl.SSLContext:
@@ -231,6 +237,8 @@ async def pg_command_worker(run: Run, wid: int) -> None:
                 break
         except (ConnectionError, TimeoutError, ssl.SSLError):
             stats.closed_by_server += 1
+        except Exception as exc:  # a bug of the harness: reported, and the worker goes on
+            stats.harness_errors.append(f"{exc!r} after {list(run.history.get(_key(writer), []))[-1:]}")
         finally:
             await _close(writer)
 
@@ -253,6 +261,8 @@ async def pg_login_worker(run: Run, wid: int) -> None:
             await _pg_login_case(run, plan, reader, writer, stats)
         except (ConnectionError, TimeoutError, ssl.SSLError, pgp.ProtocolViolation, ValueError):
             pass
+        except Exception as exc:  # a bug of the harness: reported, and the worker goes on
+            stats.harness_errors.append(f"{exc!r} in pglogin:{seed}")
         finally:
             await _close(writer)
 
@@ -454,6 +464,8 @@ async def my_command_worker(run: Run, wid: int) -> None:
                 break
         except (ConnectionError, TimeoutError, ssl.SSLError):
             stats.closed_by_server += 1
+        except Exception as exc:  # a bug of the harness: reported, and the worker goes on
+            stats.harness_errors.append(f"{exc!r} after {list(run.history.get(_key(writer), []))[-1:]}")
         finally:
             await _close(writer)
 
@@ -476,6 +488,8 @@ async def my_login_worker(run: Run, wid: int) -> None:
             await _my_login_case(plan, MyConn(reader, writer), stats)
         except (ConnectionError, TimeoutError, ssl.SSLError, my.ProtocolViolation, ValueError):
             pass
+        except Exception as exc:  # a bug of the harness: reported, and the worker goes on
+            stats.harness_errors.append(f"{exc!r} in mylogin:{seed}")
         finally:
             await _close(writer)
 
@@ -575,4 +589,4 @@ async def fuzz(
     results = await asyncio.gather(*tasks, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
-            run.stats["pg"].client_errors.append(f"worker crashed: {result!r}")
+            run.stats["pg"].harness_errors.append(f"worker crashed: {result!r}")

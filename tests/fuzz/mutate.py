@@ -91,7 +91,7 @@ def encode_fields(fields: list[Field]) -> bytes:
             out += bytes(v or b"")  # type: ignore[arg-type]
         elif k == "len32":
             if v is None:
-                out += struct.pack("!i", -1 if f.lie is None else f.lie)
+                out += struct.pack("!I", (-1 if f.lie is None else f.lie) & 0xFFFFFFFF)
             else:
                 n = len(v) if f.lie is None else f.lie  # type: ignore[arg-type]
                 out += struct.pack("!I", n & 0xFFFFFFFF) + bytes(v)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: make `tests` and `proxy` impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.fuzz import driver, mycases, pgcases
+from tests.fuzz.logins import investigate, sample, top_growth
 from tests.fuzz.target import Health, Target, checksums, fuzz_gateway, scan_log, scan_log_from
 
 # Allowed growth of serve's VmRSS between the sample after warm-up and the end, in MiB. What the
@@ -64,6 +65,7 @@ class Summary:
     database_diff: list[str]
     per_protocol: dict[str, dict[str, int]]
     client_errors: list[str]
+    harness_errors: list[str]
     suspects: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -85,6 +87,8 @@ class Summary:
                 out.append(f"the {name} health session failed: {report['failures'][:3]}")
         if self.rss_growth_mib > RSS_GROWTH_LIMIT_MIB:
             out.append(f"VmRSS grew by {self.rss_growth_mib:.0f} MiB (limit {RSS_GROWTH_LIMIT_MIB})")
+        if self.harness_errors:
+            out.append(f"{len(self.harness_errors)} errors of the fuzzer itself: {self.harness_errors[:3]}")
         if not self.database_unchanged:
             out.append(f"the database changed: {self.database_diff}")
         return out
@@ -197,6 +201,7 @@ def fuzz_and_check(
             name: {k: v for k, v in asdict(s).items() if isinstance(v, int)} for name, s in stats.items()
         },
         client_errors=[e for s in stats.values() for e in s.client_errors],
+        harness_errors=[e for s in stats.values() for e in s.harness_errors],
         suspects=suspects,
     )
 
@@ -262,19 +267,21 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         with own_servers(workdir) as (pg, maria):
             if args.logins:
-                from tests.fuzz.logins import investigate
-
                 home = workdir / "home"
                 with fuzz_gateway(pg, maria, home, traced=True, trace_frames=args.tracemalloc) as target:  # type: ignore[arg-type]
                     print(investigate(target, args.logins, rounds=args.rounds), flush=True)
                     found = scan_log(target.log_path)
                     print(f"serve log: {len(found.error_lines)} error-level lines, known bugs {found.known}")
                 return 0
-            with fuzz_gateway(pg, maria, workdir / "home") as target:  # type: ignore[arg-type]
+            traced = args.tracemalloc > 0
+            home = workdir / "home"
+            with fuzz_gateway(pg, maria, home, traced=traced, trace_frames=args.tracemalloc) as target:  # type: ignore[arg-type]
                 print(
                     f"fuzzing serve pid {target.pid}: seed {args.seed}, up to {args.messages} messages",
                     flush=True,
                 )
+                if traced:
+                    print(f"before: {sample(target, 'before')}", flush=True)
                 summary = fuzz_and_check(
                     target,
                     messages=args.messages,
@@ -285,6 +292,14 @@ def main(argv: list[str] | None = None) -> int:
                     login_workers=args.login_workers,
                     report_every=30.0,
                 )
+                if traced and target.snapshot_dir is not None:
+                    print(f"after: {sample(target, 'after')}")
+                    print("largest growth by allocation site, before → after the run:")
+                    print(
+                        "\n".join(
+                            "  " + line for line in top_growth(target.snapshot_dir, "before", "after", 25)
+                        )
+                    )
         print(summary.text())
         if args.json:
             args.json.write_text(json.dumps(asdict(summary), indent=2, default=str))
