@@ -464,25 +464,72 @@ _SAFE_FUNCTION_GROUPS = {
 _SAFE_FUNCTIONS = frozenset(name for group in _SAFE_FUNCTION_GROUPS.values() for name in group.split())
 _SAFE_FUNCTION_PREFIXES = ("ST_", "MBR")  # spatial functions: pure
 _CALL_NAMES = frozenset({TokenType.VAR, TokenType.IDENTIFIER})
+# Keywords (as sqlglot's tokenizer types them) that precede "(" in MySQL's grammar without being a
+# function call.
+_GRAMMAR_WORDS = """ALL AND ANY AS BETWEEN BINARY BY CASE COLLATE CROSS DISTINCT DISTINCTROW DIV ELSE
+    END ESCAPE EXCEPT EXISTS FOR FORCE FROM FULL HAVING IGNORE IN INDEX INNER INTERSECT INTERVAL INTO
+    IS JOIN KEY LATERAL LIKE LIMIT NATURAL NOT NULL OFFSET ON OR ORDINALITY OUTER OVER PARTITION
+    RECURSIVE REGEXP RLIKE ROW ROWS SELECT SEPARATOR SET SOME TABLE THEN UNION UNIQUE USE USING VALUES
+    WHEN WHERE WINDOW WITH XOR"""
+_GRAMMAR_BEFORE_PAREN = frozenset(_GRAMMAR_WORDS.split())
+# Type names that take "(" where a read may name a type (CAST/CONVERT); reserved words, so never
+# an unqualified stored function. (sqlglot's own type tokens include LIST, STRUCT, MAP …, which
+# MySQL does not reserve: a stored function may be called so.)
+_TYPE_NAMES = """CHAR NCHAR BINARY VARCHAR VARBINARY DECIMAL DEC NUMERIC FIXED FLOAT DOUBLE REAL DATETIME
+    TIME TIMESTAMP INT INTEGER SIGNED UNSIGNED"""
+_TYPE_WORDS = frozenset(_TYPE_NAMES.split())
+
+
+def _closing(tokens: Sequence[Token], open_at: int) -> int:
+    """Index of the ")" matching the "(" at `open_at` (len(tokens) if none)."""
+    depth = 0
+    for index in range(open_at, len(tokens)):
+        kind = tokens[index].token_type
+        if kind is TokenType.L_PAREN:
+            depth += 1
+        elif kind is TokenType.R_PAREN:
+            depth -= 1
+            if depth == 0:
+                return index
+    return len(tokens)
 
 
 def _check_calls(stmt: _Stmt, facts: _Facts) -> None:
     """A statement that would otherwise pass (read, session, transaction) may call only allowlisted
     functions: a name followed by "(" that is qualified (`db.f(`, a stored function), backquoted,
-    or not a vetted built-in makes it unknown, with the function named in the reason."""
+    or not a vetted built-in makes it unknown, with the function named in the reason. A keyword
+    before "(" must be a vetted built-in, a type name or a word of the grammar."""
     tokens = stmt.tokens
     for index in range(len(tokens) - 1):
         token = tokens[index]
-        if tokens[index + 1].token_type is not TokenType.L_PAREN or token.token_type not in _CALL_NAMES:
+        if tokens[index + 1].token_type is not TokenType.L_PAREN:
             continue
+        upper = token.text.upper()
+        if token.token_type not in _CALL_NAMES:
+            if (
+                upper in _TYPE_WORDS
+                or not upper.replace("_", "").isalnum()
+                or upper in _SAFE_FUNCTIONS
+                or upper in _GRAMMAR_BEFORE_PAREN
+            ):
+                continue
+            facts.note(Kind.UNKNOWN, f"function {token.text}() is not known to be safe")
+            return
         before = tokens[index - 1] if index else None
         if before is not None and before.token_type is TokenType.DOT and index >= 2:
             name = f"{tokens[index - 2].text}.{token.text}"
             facts.note(Kind.UNKNOWN, f"function {name}() is a stored function, not known to be safe")
             return
-        if (before is not None and _word(before) == "AS") or token.text in facts.ctes:
-            continue  # a derived table's or CTE's column list
-        upper = token.text.upper()
+        if before is not None and _word(before) == "AS":
+            continue  # a derived table's column list: `(SELECT …) AS d (a, b)`
+        after = _closing(tokens, index + 1)
+        if (
+            token.text in facts.ctes
+            and after + 2 < len(tokens)
+            and _word(tokens[after + 1]) == "AS"
+            and tokens[after + 2].token_type is TokenType.L_PAREN
+        ):
+            continue  # a CTE's column list: `WITH c (a, b) AS (…)`
         if token.token_type is TokenType.IDENTIFIER or not (
             upper in _SAFE_FUNCTIONS or upper.startswith(_SAFE_FUNCTION_PREFIXES)
         ):

@@ -832,6 +832,16 @@ def test_scope_facts(sql: str, tables: tuple[str, ...], schemas: tuple[str, ...]
         ("SELECT SLEEP(1), NOW(), COUNT(*), IFNULL(a, 1), JSON_EXTRACT(j, '$.a'), ST_X(p) FROM t", R, None),
         ("SELECT CAST(a AS CHAR(3)), CONVERT(b, SIGNED), DATE_ADD(NOW(), INTERVAL 1 DAY) FROM t", R, None),
         ("WITH c (a) AS (SELECT 1) SELECT * FROM c", R, None),
+        # A CTE named like a stored function does not make the call a column list.
+        ("WITH qb_adv_fn AS (SELECT 1) SELECT qb_adv_fn() FROM qb_adv_fn", U, "qb_adv_fn"),
+        ("WITH c (a) AS (SELECT 1), d (b) AS (SELECT 2) SELECT * FROM c, d", R, None),
+        ("SELECT * FROM (SELECT 1, 2) AS d (a, b)", R, None),
+        # Keywords before "(" must be vetted built-ins, types or grammar.
+        ("SELECT merge(1) FROM t", U, None),
+        ("SELECT list(1), struct(2) FROM t", U, None),
+        ("SELECT CAST(a AS DECIMAL(10, 2)), CONVERT(b, CHAR(3)), LEFT(c, 1), DATE(d) FROM t", R, None),
+        ("SELECT a FROM t WHERE a IN (1) AND EXISTS (SELECT 1) AND NOT (a = 1) OR (a < 2)", R, None),
+        ("SELECT a FROM t USE INDEX (i) JOIN u USING (a) WHERE (a) IN (SELECT 1) LIMIT 1", R, None),
         ("SELECT MATCH (a) AGAINST ('x') FROM t", R, None),
         ("EXECUTE IMMEDIATE 'DELETE FROM items'", W, None),
         ("EXECUTE IMMEDIATE @sql", U, None),
