@@ -671,6 +671,7 @@ def _call(stmt: _Stmt, facts: _Facts) -> None:
     sub = _Facts()
     if _parsed("SELECT " + stmt.text[len("CALL") :], sub, (exp.Select,)) is not None:
         facts.note(sub.kind, sub.reason)
+    facts.sets.update(_UNSEEN_SETTINGS)  # a routine may SET sql_mode or NAMES: read them back after
 
 
 def _truncate(stmt: _Stmt, facts: _Facts) -> None:
@@ -719,6 +720,11 @@ SQL_MODE = "sql_mode"
 CLIENT_CHARSET = "character_set_client"
 # Session variables that change how the server lexes later text (DESIGN.md §3, binding rules).
 _LEXING_VARIABLES = {SQL_MODE: SQL_MODE, CLIENT_CHARSET: CLIENT_CHARSET}
+
+
+# Statements that may change the lexing settings in a way the classifier cannot see (a routine's
+# body, text from a variable) report them with unknown values: the session reads them back.
+_UNSEEN_SETTINGS: dict[str, str | None] = {SQL_MODE: None, CLIENT_CHARSET: None}
 
 
 def _literal_setting(value: exp.Expr | None) -> str | None:
@@ -940,7 +946,8 @@ def _execute(stmt: _Stmt, facts: _Facts) -> None:
     if stmt.word(1) == "IMMEDIATE":
         # MariaDB: EXECUTE IMMEDIATE 'text' [USING …] runs the text at once, like PREPARE + EXECUTE.
         using = next((i for i in range(2, len(stmt.words)) if stmt.words[i] == "USING"), len(stmt.words))
-        _text_source(stmt.tokens[2:using], "EXECUTE IMMEDIATE", facts)
+        if _text_source(stmt.tokens[2:using], "EXECUTE IMMEDIATE", facts) is None:
+            facts.sets.update(_UNSEEN_SETTINGS)  # text not visible: it may change them
         facts.note(Kind.SESSION, "EXECUTE IMMEDIATE")
         return
     name = _statement_name(stmt, facts)

@@ -189,3 +189,27 @@ def test_oracle_sql_mode_is_refused_below_write(gateway: Gateway, user: str) -> 
         assert errno == 1235, message
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        [b"SET @q = 'SET NAMES sjis'", b"EXECUTE IMMEDIATE @q"],
+        [b"SET @q = 'SET NAMES sjis'", b"PREPARE s FROM @q", b"EXECUTE s"],
+    ],
+    ids=["execute-immediate", "prepare-from-variable"],
+)
+def test_unseen_character_set_ends_a_write_session(gateway: Gateway, statements: list[bytes]) -> None:
+    """Rule: a `write` user may run text QueryBase cannot see, but a character set QueryBase cannot
+    read is still caught when the setting is read back after it: the session ends (1235)."""
+    raw = connect_raw(gateway, "dave")
+    try:
+        for sql in statements[:-1]:
+            assert raw_error(results(raw, sql)[-1][-1]) == (0, ""), sql
+        assert raw_error(results(raw, statements[-1])[-1][-1]) == (0, "")  # the server's answer
+        got = raw.read()
+        assert got is not None
+        assert raw_error(got[1])[0] == 1235, got
+        assert raw.ends(5)
+    finally:
+        raw.close()

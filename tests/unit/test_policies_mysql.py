@@ -726,6 +726,9 @@ def test_use_is_a_parsed_fact(sql: str, uses: str) -> None:
         ("SET STATEMENT sql_mode='' FOR SELECT 1", (("sql_mode", ""),)),
         ("PREPARE s FROM 'SET sql_mode = ?'", (("sql_mode", None),)),
         ("SET autocommit = 1", ()),
+        ("CALL p()", (("character_set_client", None), ("sql_mode", None))),
+        ("EXECUTE IMMEDIATE @q", (("character_set_client", None), ("sql_mode", None))),
+        ("EXECUTE IMMEDIATE 'SELECT 1'", ()),
     ],
 )
 def test_lexing_settings_are_parsed_facts(sql: str, sets: tuple[tuple[str, str | None], ...]) -> None:
