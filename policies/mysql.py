@@ -235,6 +235,10 @@ def _dash_comment(sql: str, i: int) -> bool:
     return False
 
 
+# Where canonical() has something to decide: quotes, comment starts, `*` (of `*/`), NUL, non-ASCII.
+_SPECIAL = re.compile("[\"'`#\\-/*\x00]|[^\x00-\x7f]")
+
+
 def canonical(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
     """The text as the server will tokenize it under `mode`, rewritten so that sqlglot's MySQL
     tokenizer (which knows neither mode) reads exactly the same token boundaries:
@@ -260,6 +264,14 @@ def canonical(sql: str, mode: SqlMode = DEFAULT_MODE) -> str:
             out.append(" ")
             i += 2
             exec_end = -1
+            continue
+        found = _SPECIAL.search(sql, i)  # copy ordinary text in one piece
+        j = found.start() if found is not None else n
+        if 0 <= exec_end < j:
+            j = exec_end
+        if j > i:
+            out.append(sql[i:j])
+            i = j
             continue
         c = sql[i]
         if c == "'" or (c == '"' and not mode.ansi_quotes):

@@ -970,7 +970,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             if c.prepares is not None:
                 self._sql_prepared[c.prepares] = c.kind
             relex = bool(c.sets) or c.executes is not None
-            self._forward_statement(command, payload, t0, verdict.kind, _Effects(c.uses, relex))
+            effects = _Effects(c.uses, relex) if relex or c.uses is not None else None
+            self._forward_statement(command, payload, t0, verdict.kind, effects)
             return
         self._refuse(verdict, sql, c, None, t0, None if exact else body)
 
@@ -1034,8 +1035,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     "HY000",
                     "the statement was prepared while writes were held: prepare it again",
                 )
-            relex = bool(prepared.classification.sets)
-            self._forward_statement(command, payload, t0, verdict.kind, _Effects(relex=relex))
+            effects = _Effects(relex=True) if prepared.classification.sets else None
+            self._forward_statement(command, payload, t0, verdict.kind, effects)
             return
         parameters = self._held_parameters(prepared, body) if verdict.action is Action.HOLD else None
         self._refuse(verdict, prepared.sql, prepared.classification, parameters, t0, prepared.raw)
