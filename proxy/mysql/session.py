@@ -819,9 +819,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             self._in_flight = command
             self._effects = effects
 
-    def _decide(self, c: Classification, sql: str, *, prepare: bool = False) -> Verdict:
-        """The verdict, recorded in the audit log (a PREPARE only when it is denied: its executes
-        are recorded); an audit log that cannot record it refuses the statement (1105)."""
+    def _decide(self, c: Classification, sql: str, *, prepare: bool = False, quiet: bool = False) -> Verdict:
+        """The verdict, recorded in the audit log (a PREPARE, and a `quiet` housekeeping command
+        such as COM_PING, only when it is denied: a PREPARE's executes are recorded); an audit log
+        that cannot record it refuses the statement (1105)."""
         c = with_prepared_kind(c, self._sql_prepared)
         assert self.level is not None
         verdict = decide(c, self.level, self.policy)
@@ -833,7 +834,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             connection=f"{PROTOCOL}:{self.connection_id}",
             verdict=verdict,
             text=sql,
-            record=not prepare or verdict.action is Action.DENY,
+            record=not (prepare or quiet) or verdict.action is Action.DENY,
         )
         if refusal is not None:
             raise MySQLError(1105, "HY000", refusal)
@@ -1125,9 +1126,13 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         self._on_decided(c, text, command, payload)
 
     def _on_decided(self, c: Classification, text: str, command: my.Command, payload: bytes) -> None:
-        """A command byte with a fixed kind: forwarded when the verdict says so, else refused."""
-        verdict = self._decide(c, text)
-        self._count(verdict)
+        """A command byte with a fixed kind: forwarded when the verdict says so, else refused.
+        Reads and session commands without SQL (ping, statistics, options, reset) are housekeeping:
+        audited and counted only when refused."""
+        quiet = c.kind in (Kind.READ, Kind.SESSION)
+        verdict = self._decide(c, text, quiet=quiet)
+        if not quiet or verdict.action is not Action.FORWARD:
+            self._count(verdict)
         if verdict.action is Action.FORWARD:
             self._forward(command, payload)
             return
