@@ -1127,9 +1127,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _on_decided(self, c: Classification, text: str, command: my.Command, payload: bytes) -> None:
         """A command byte with a fixed kind: forwarded when the verdict says so, else refused.
-        Reads and session commands without SQL (ping, statistics, options, reset) are housekeeping:
+        Session commands without SQL (ping, multi-statement option, reset) are housekeeping:
         audited and counted only when refused."""
-        quiet = c.kind in (Kind.READ, Kind.SESSION)
+        quiet = c.kind is Kind.SESSION
         verdict = self._decide(c, text, quiet=quiet)
         if not quiet or verdict.action is not Action.FORWARD:
             self._count(verdict)
