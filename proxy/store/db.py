@@ -41,6 +41,9 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+WRITE_QUEUE_TIMEOUT = 120.0  # seconds a SQLite writer waits for its turn in this process
+
+
 def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN")
 
@@ -71,7 +74,14 @@ class Store:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:
             Path(self.engine.url.database or "").parent.mkdir(parents=True, exist_ok=True)
-            self.write_engine = create_async_engine(url)
+            # One connection: this process's writers queue for it in order (asyncio), instead of
+            # racing for SQLite's file lock with busy_timeout's sleeps, which starved some of them
+            # past the timeout when a client held writes as fast as it could (found by the fuzzer:
+            # "database is locked", then the audit log refused everyone's statements). Other
+            # processes still meet busy_timeout.
+            self.write_engine = create_async_engine(
+                url, pool_size=1, max_overflow=0, pool_timeout=WRITE_QUEUE_TIMEOUT
+            )
             for engine, begin in ((self.engine, _sqlite_begin), (self.write_engine, _sqlite_begin_immediate)):
                 event.listen(engine.sync_engine, "connect", _sqlite_connect)
                 event.listen(engine.sync_engine, "begin", begin)
