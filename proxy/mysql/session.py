@@ -89,6 +89,8 @@ _OPEN = metrics.CLIENT_CONNECTIONS_OPEN.labels(PROTOCOL)
 _SAMPLED_KINDS = frozenset({Kind.READ, Kind.TRANSACTION, Kind.SESSION})
 READ_SIZE = 256 * 1024
 MAX_BACKLOG = 4 * 1024 * 1024  # client bytes buffered while a command runs, before reading pauses
+LOGIN_READ_SIZE = 16 * 1024  # the most read at once before login (then exactly up to a packet's end)
+MAX_LOGIN_PACKET = 64 * 1024  # SSLRequest, HandshakeResponse41 and auth answers are far smaller
 DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
 ER_HELD = 9001  # QueryBase's own errno: the write was held as a change request (SQLSTATE HY000)
 ER_ACCESS_DENIED = 1045
@@ -313,7 +315,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
     # plaintext, nor lost.
     def get_buffer(self, sizehint: int) -> bytearray:
         if not self._ready and not self.on_tls:
-            self._read_buffer = bytearray(max(self.reader.bytes_to_next_packet(), 1))
+            # Up to the packet's end, never more than LOGIN_READ_SIZE at once: what a header
+            # declares is not allocated before it arrives.
+            wanted = min(self.reader.bytes_to_next_packet(), LOGIN_READ_SIZE)
+            self._read_buffer = bytearray(max(wanted, 1))
         elif len(self._read_buffer) != READ_SIZE:
             self._read_buffer = bytearray(READ_SIZE)
         return self._read_buffer
@@ -335,6 +340,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)  # COM_CHANGE_USER waits for the client's auth answer
             self._process()
+            return
+        if self.reader.buffered + self.reader.bytes_to_next_packet() > MAX_LOGIN_PACKET:
+            self._fatal(my.ProtocolViolation(f"a login packet of more than {MAX_LOGIN_PACKET} bytes"))
             return
         if not self.on_tls and self.reader.bytes_to_next_packet() <= 0:
             self._pause("login")  # a whole packet is here: read nothing more until it is handled

@@ -14,6 +14,7 @@ import ssl
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +149,39 @@ def test_abandoned_tls_handshake_does_not_hold_up_shutdown(
         assert gw.serve.stop(timeout=15) == 0
         assert time.monotonic() - started < 10
         assert not problems(gw.serve.log.splitlines()), problems(gw.serve.log.splitlines())
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_declared_login_packet_length_is_not_allocated(gateway: Gateway) -> None:
+    """Rule: before login, what a packet header declares is neither allocated nor awaited: 30
+    clients each sending a header for a 16 MiB login packet cost no memory to speak of, and each
+    is refused at once (a login packet is far smaller than 64 KiB)."""
+    offset = gateway.serve.log_path.stat().st_size
+    before = rss_mib(gateway.serve.process.pid)
+    socks = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection((gateway.host, gateway.port), timeout=5)
+            sock.recv(65536)  # the greeting
+            sock.sendall(b"\xff\xff\xff\x01")
+            socks.append(sock)
+        time.sleep(1.0)
+        grown = rss_mib(gateway.serve.process.pid) - before
+        for sock in socks:
+            drain(sock)  # the server ends each of them
+    finally:
+        for sock in socks:
+            sock.close()
+    assert grown < 32, f"VmRSS grew by {grown:.0f} MiB for 30 packet headers"
+    lines = log_since(gateway, offset)
+    assert not problems(lines), problems(lines)
+    assert sum('"session_error"' in line for line in lines) == 30
 
 
 def test_tls_login_still_works(gateway: Gateway) -> None:
