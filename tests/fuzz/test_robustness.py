@@ -6,8 +6,7 @@ hangs up mid-statement leaves no error behind. Each test sends the exact bytes o
 and reads serve's log from where it stood before.
 
 The bugs were in proxy/pg/session.py and proxy/mysql/session.py; these tests were
-xfail(strict=True) until the owners' fixes (commits 3a8bcc1 and 78f1570) made them pass. One
-is still open and marked xfail(strict=True): when its fix lands it XPASSes and the marker goes.
+xfail(strict=True) until the owners' fixes (commits 3a8bcc1, 78f1570 and 4b1fd75) made them pass.
 """
 
 from __future__ import annotations
@@ -139,12 +138,6 @@ def test_pg_held_write_with_a_malformed_bind(fuzz_target: Target) -> None:
     assert answers[-1] in (b"Z", b"E"), answers  # an answer: an error, or the end of the batch
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy/mysql/session.py get_buffer: before login (no TLS) the read buffer is "
-    "bytearray(reader.bytes_to_next_packet()), the length the packet header DECLARES (up to 16 MiB), "
-    "allocated and zero-filled for 4 bytes received: ~16 MiB of RSS per unauthenticated connection",
-)
 def test_mysql_declared_packet_length_is_not_preallocated(fuzz_target: Target) -> None:
     """A packet header is 4 bytes; what it declares must not be allocated before it arrives.
     30 clients each send a header declaring a 16 MiB login packet (ff ff ff 01) and wait."""
