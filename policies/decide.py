@@ -77,6 +77,14 @@ def decide(c: Classification, level: Level | None, policy: SourcePolicy) -> Verd
 decide_cached = functools.lru_cache(maxsize=4096)(decide)
 
 
+def as_decided(c: Classification, verdict: Verdict) -> Classification:
+    """The classification a held statement is recorded with: the kind and reason the verdict took
+    (a read calling an untrusted function is held as unknown, naming the function)."""
+    if verdict.kind is c.kind:
+        return c
+    return replace(c, kind=verdict.kind, reason=verdict.reason)
+
+
 def with_prepared_kind(c: Classification, prepared: Mapping[str, Kind]) -> Classification:
     """For SQL `EXECUTE name`: the kind recorded when `name` was prepared in this session, unless
     the EXECUTE itself is stricter (its arguments can call guarded functions)."""

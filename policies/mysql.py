@@ -104,6 +104,7 @@ class _Facts:
         "schemas",
         "sets",
         "tables",
+        "unvetted",
         "uses",
     )
 
@@ -118,6 +119,7 @@ class _Facts:
         self.uses: str | None = None
         self.sets: dict[str, str | None] = {}
         self.schemas: set[str] = set()
+        self.unvetted: set[str] = set()  # user/stored functions called (lower case): a source may trust them
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -130,6 +132,7 @@ class _Facts:
         self.tables |= other.tables
         self.ctes |= other.ctes
         self.schemas |= other.schemas
+        self.unvetted |= other.unvetted
         self.kill = self.kill or other.kill
         self.uses = other.uses or self.uses
         self.sets.update(other.sets)
@@ -529,9 +532,9 @@ def _check_calls(stmt: _Stmt, facts: _Facts) -> None:
             return
         before = tokens[index - 1] if index else None
         if before is not None and before.token_type is TokenType.DOT and index >= 2:
-            name = f"{tokens[index - 2].text}.{token.text}"
-            facts.note(Kind.UNKNOWN, f"function {name}() is a stored function, not known to be safe")
-            return
+            # A stored function: unvetted (decide() fails the read closed unless the source trusts it).
+            facts.unvetted.add(f"{tokens[index - 2].text.strip('`')}.{token.text.strip('`')}".lower())
+            continue
         if before is not None and _word(before) == "AS":
             continue  # a derived table's column list: `(SELECT …) AS d (a, b)`
         after = _closing(tokens, index + 1)
@@ -545,8 +548,7 @@ def _check_calls(stmt: _Stmt, facts: _Facts) -> None:
         if token.token_type is TokenType.IDENTIFIER or not (
             upper in _SAFE_FUNCTIONS or upper.startswith(_SAFE_FUNCTION_PREFIXES)
         ):
-            facts.note(Kind.UNKNOWN, f"function {token.text}() is not known to be safe")
-            return
+            facts.unvetted.add(token.text.strip("`").lower())
 
 
 def _table_name(node: exp.Table) -> str | None:
@@ -1361,12 +1363,14 @@ def _classify_statements(chunks: list[list[Token]], sql: str) -> tuple[Classific
     strictest: _Facts | None = None
     tables: set[str] = set()
     schemas: set[str] = set()
+    unvetted: set[str] = set()
     sets: dict[str, str | None] = {}
     kill: KillTarget | None = None
     uses: str | None = None
     last = len(chunks) - 1
     for index, chunk in enumerate(chunks):
         facts = _statement(_Stmt(chunk, sql))
+        unvetted |= facts.unvetted
         if facts.sets and index != last:
             midway |= set(facts.sets)
         tables |= {table for table in facts.tables if table not in facts.ctes}
@@ -1389,6 +1393,7 @@ def _classify_statements(chunks: list[list[Token]], sql: str) -> tuple[Classific
         uses=uses,
         sets=tuple(sorted(sets.items())),
         schemas=tuple(sorted(schemas)),
+        unvetted=tuple(sorted(unvetted)),
     ), midway
 
 

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from policies.cache import classify_mysql_cached, classify_mysql_in_mode
+from policies.decide import as_decided, with_prepared_kind
 from policies.decide import decide_cached as decide
-from policies.decide import with_prepared_kind
 from policies.mysql import (
     CLIENT_CHARSET,
     DEFAULT_MODE,
@@ -740,7 +740,11 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _become(self, user: str, creds: SourceCredentials, level: Level) -> None:
         self.user, self.source, self.level = user, creds.view.name, level
-        self.policy = SourcePolicy(block_ddl=creds.view.block_ddl)
+        self.policy = SourcePolicy(
+            block_ddl=creds.view.block_ddl,
+            # MySQL function names are case-insensitive: the classifier lists them in lower case.
+            trusted_functions=frozenset(name.lower() for name in creds.view.trusted_functions),
+        )
         self.hold_wait = creds.view.hold_wait_seconds
         if self.entry is not None:
             self.entry.user, self.entry.source, self.entry.state = user, creds.view.name, IDLE
@@ -1358,7 +1362,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
         self._busy = True
         self._pause("refuse")
-        self._spawn(self._hold(sql, c, parameters, t0, raw))
+        self._spawn(self._hold(sql, as_decided(c, verdict), parameters, t0, raw))
 
     async def _hold(
         self,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import secrets
 import ssl
 import time
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 
 from policies.cache import classify_pg_cached
+from policies.decide import as_decided
 from policies.decide import decide_cached as decide
 from policies.pg import LEXING
 from policies.pg import classify as classify_pg
@@ -958,6 +960,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._special += 1
 
     def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool, t0: float) -> None:
+        draft = dataclasses.replace(draft, classification=as_decided(draft.classification, verdict))
         self._busy = True
         self._pause("refuse")
         self._end_open_batch()

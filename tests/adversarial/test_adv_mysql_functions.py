@@ -20,6 +20,7 @@ from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     ADV_LOGIN,
     ADV_PASSWORD,
+    ADV_SOURCE,
     SCHEMA,
     Gateway,
     adversarial_gateway,
@@ -28,6 +29,7 @@ from tests.support.myfront import (
     results,
     setup_items,
 )
+from tests.support.pgfront import cli
 
 pytestmark = pytest.mark.integration
 
@@ -152,4 +154,23 @@ def test_builtins_by_category(gateway: Gateway, sql: bytes, errno: int, named: s
     finally:
         raw.close()
     assert got == errno, message
-    assert named in message
+    assert named.lower() in message.lower()
+
+
+def test_a_stored_function_the_source_trusts_is_a_read(gateway: Gateway, probe: None) -> None:
+    """Class 6: `source set --trusted-functions` makes the named stored function callable in reads
+    (names compared in lower case); the read-only session still stops its writes, and functions not
+    named stay refused."""
+    cli(gateway.config, "source", "set", ADV_SOURCE, "--trusted-functions", "QB_ADV_FN")
+    try:
+        raw = connect_raw(gateway, "carol")
+        try:
+            errno, message = raw_error(results(raw, b"SELECT qb_adv_fn()")[-1][-1])
+            assert errno == 1792, message  # forwarded: ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+            errno, message = raw_error(results(raw, b"SELECT qbtest.qb_adv_fn()")[-1][-1])
+            assert errno == 1142, message  # qualified: another name, not trusted
+        finally:
+            raw.close()
+    finally:
+        cli(gateway.config, "source", "set", ADV_SOURCE, "--trusted-functions", "")
+    assert gateway.count("qbtest.fn_probe") == 0

@@ -390,9 +390,10 @@ def test_user_functions_are_held_or_denied(gateway: Gateway, pg_server: Postgres
                 raw.query("SELECT name FROM items WHERE id = (SELECT adv_wipe())")
             assert caught.value.sqlstate == sqlstate
             assert "adv_wipe()" in caught.value.fields.get("M", "") or sqlstate == "QB001"
-    assert [r["statement_text"] for r in gateway.new_requests(before)] == [
-        "SELECT name FROM items WHERE id = (SELECT adv_wipe())"
-    ]
+    held = gateway.new_requests(before)
+    assert [r["statement_text"] for r in held] == ["SELECT name FROM items WHERE id = (SELECT adv_wipe())"]
+    assert held[0]["kind"] == "unknown"  # recorded as decided, not as the read it looked like
+    assert "adv_wipe()" in held[0]["classification"]["reason"]
 
 
 def test_a_function_the_source_trusts_is_a_read(gateway: Gateway, pg_server: PostgresCluster) -> None:
