@@ -571,6 +571,9 @@ def _scan(root: exp.Expr, facts: _Facts) -> None:
             name = _table_name(node)
             if name:
                 facts.tables.add(name)
+                parts = name.lower().split(".")
+                if parts[-1] == "processlist" or (len(parts) > 1 and parts[-2] == "performance_schema"):
+                    facts.note(Kind.PRIVILEGED, f"{name} {OTHER_SESSIONS_WHY}")
         elif isinstance(node, exp.CTE):
             facts.ctes.add(node.alias_or_name)
         elif isinstance(node, exp.Lock):
@@ -1112,6 +1115,11 @@ _SHOW_OF_TABLE = frozenset({"COLUMNS", "FIELDS", "INDEX", "INDEXES", "KEYS"})
 _SHOW_CREATE_SCHEMA = frozenset({"DATABASE", "SCHEMA"})
 
 
+# Every QueryBase user of a source shares its read login, and the server shows a login its own
+# threads' statements: these would show one user what the others run.
+OTHER_SESSIONS_WHY = "shows other sessions' statements (QueryBase users share the read login)"
+
+
 def _show(stmt: _Stmt, facts: _Facts) -> None:
     """SHOW is a read; it reports the schemas and tables it looks at (for a source's schema
     allowlist) and what its WHERE clause evaluates (subqueries and functions, as in a SELECT)."""
@@ -1120,6 +1128,8 @@ def _show(stmt: _Stmt, facts: _Facts) -> None:
     while stmt.word(index) in {"FULL", "EXTENDED", "GLOBAL", "SESSION", "STORAGE"}:
         index += 1
     what = stmt.word(index)
+    if what == "PROCESSLIST":
+        facts.note(Kind.PRIVILEGED, f"SHOW PROCESSLIST {OTHER_SESSIONS_WHY}")
     if what in _SHOW_EVERY_SCHEMA or (what in _SHOW_ROUTINES and "STATUS" in words):
         facts.schemas.add("*")
     if what == "CREATE":

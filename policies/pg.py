@@ -195,6 +195,11 @@ def _relation_name(node: ast.RangeVar) -> str:
 
 # --- guarded functions ------------------------------------------------------------------------------
 
+# Every QueryBase user of a source shares its read login, and PostgreSQL shows a login the text of
+# its own sessions' statements: these would show one user what the others run.
+_OTHER_SESSIONS_WHY = "shows other sessions' statements (QueryBase users share the read login)"
+_OTHER_SESSIONS_RELATIONS = frozenset({"pg_stat_activity", "pg_stat_statements"})
+
 _PRIVILEGED_FUNCTIONS = (
     "pg_read_file",
     "pg_read_binary_file",
@@ -255,6 +260,10 @@ _WRITE_FUNCTIONS = (
 _FUNCTIONS: dict[str, tuple[Kind, str]] = {
     **{name: (Kind.PRIVILEGED, "reaches the server's files or processes") for name in _PRIVILEGED_FUNCTIONS},
     **{name: (Kind.WRITE, "writes") for name in _WRITE_FUNCTIONS},
+    **{
+        name: (Kind.PRIVILEGED, _OTHER_SESSIONS_WHY)
+        for name in ("pg_stat_get_activity", "pg_stat_get_backend_activity", "pg_stat_statements")
+    },
     # They run SQL given as text, which the classifier cannot see.
     **{
         name: (Kind.UNKNOWN, "runs SQL text the classifier cannot see")
@@ -467,6 +476,8 @@ def _check_select(node: ast.SelectStmt, facts: _Facts) -> None:
 
 def _visit_range_var(node: ast.RangeVar, facts: _Facts) -> bool:
     facts.tables.add(_relation_name(node))
+    if node.relname in _OTHER_SESSIONS_RELATIONS:
+        facts.note(Kind.PRIVILEGED, f"{node.relname} {_OTHER_SESSIONS_WHY}")
     return True  # nothing below a RangeVar but its alias
 
 

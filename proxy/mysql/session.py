@@ -1525,7 +1525,9 @@ _HANDLERS: dict[my.Command, _Handler] = {
     my.Command.COM_PING: _fixed(Kind.SESSION, "ping"),
     my.Command.COM_STATISTICS: _fixed(Kind.READ, "server statistics"),
     my.Command.COM_FIELD_LIST: _fixed(Kind.READ, "columns of a table in the current schema"),
-    my.Command.COM_PROCESS_INFO: _fixed(Kind.READ, "SHOW PROCESSLIST"),
+    my.Command.COM_PROCESS_INFO: _fixed(
+        Kind.PRIVILEGED, "COM_PROCESS_INFO (SHOW PROCESSLIST) shows other sessions' statements"
+    ),
     my.Command.COM_SET_OPTION: _fixed(Kind.SESSION, "multi-statements on/off"),
     my.Command.COM_RESET_CONNECTION: _fixed(Kind.SESSION, "reset the session"),
     # privileged: relayed for write only

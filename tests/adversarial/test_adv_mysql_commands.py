@@ -56,6 +56,7 @@ REFUSED_BELOW_WRITE = {
     my.Command.COM_REFRESH,
     my.Command.COM_SHUTDOWN,
     my.Command.COM_DEBUG,
+    my.Command.COM_PROCESS_INFO,  # other users' statements: they share the read login
 }
 NEVER = {
     my.Command.COM_BINLOG_DUMP,

@@ -423,3 +423,16 @@ def test_a_function_the_source_trusts_is_a_read(gateway: Gateway, pg_server: Pos
         assert gateway.count() == len(ITEMS)
     finally:
         cli(gateway.config, "source", "set", OPEN, "--trusted-functions", "")
+
+
+def test_other_users_statements_are_not_shown(gateway: Gateway) -> None:
+    """Rule: a user may not see another user's session. Every QueryBase user of a source shares its
+    read login, so pg_stat_activity would show one user the others' statement text."""
+    with connect(gateway, "alice") as other:
+        other.send(pgp.make_query("SELECT pg_sleep(3), 'alice-secret-marker'"))
+        with connect(gateway, "carol") as raw:
+            for sql in ("SELECT query FROM pg_stat_activity", "SELECT * FROM pg_stat_get_activity(NULL)"):
+                with pytest.raises(ServerError) as caught:
+                    raw.query(sql)
+                assert caught.value.sqlstate == "42501"
+                assert "other sessions" in caught.value.fields["M"]

@@ -134,7 +134,11 @@ CASES = [
     case("show-full-tables", "SHOW FULL TABLES FROM shop LIKE 'o%'", R),
     case("show-create-table", "SHOW CREATE TABLE orders", R),
     case("show-grants", "SHOW GRANTS", R),
-    case("show-processlist", "SHOW PROCESSLIST", R),
+    # Every QueryBase user shares the read login: the process list shows the others' statements.
+    case("show-processlist", "SHOW PROCESSLIST", P),
+    case("show-full-processlist", "show full processlist", P),
+    case("processlist-table", "SELECT INFO FROM information_schema.PROCESSLIST", P),
+    case("performance-schema", "SELECT SQL_TEXT FROM performance_schema.events_statements_current", P),
     case("show-status", "SHOW SESSION STATUS LIKE 'Threads%'", R),
     case("show-warnings", "SHOW WARNINGS", R),
     case("show-master-status", "SHOW MASTER STATUS", R),

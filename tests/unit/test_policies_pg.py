@@ -606,6 +606,11 @@ CASES = [
         P,
         tables=("pg_stat_activity",),
     ),
+    # Every QueryBase user shares the read login: these show the others' statements.
+    case("stat-activity", "SELECT query FROM pg_stat_activity", P, tables=("pg_stat_activity",)),
+    case("stat-activity-qualified", "SELECT * FROM pg_catalog.pg_stat_activity", P),
+    case("stat-get-activity", "SELECT * FROM pg_stat_get_activity(NULL)", P),
+    case("stat-statements", "SELECT query FROM public.pg_stat_statements", P),
     case("reload-conf", "SELECT pg_reload_conf()", P),
     case("rotate-logfile", "SELECT pg_rotate_logfile()", P),
     case("promote", "SELECT pg_promote()", P),
