@@ -130,3 +130,7 @@ def configure(settings: LogSettings) -> None:
     # Alembic announces every migration step at INFO; only its warnings matter to an operator.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # sqlglot warns "'<statement text>' contains unsupported syntax" for what it parses as a
+    # Command: statement text (and any secret in it) does not belong in the log, and the
+    # classifier already fails such text closed.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
