@@ -436,3 +436,25 @@ def test_other_users_statements_are_not_shown(gateway: Gateway) -> None:
                     raw.query(sql)
                 assert caught.value.sqlstate == "42501"
                 assert "other sessions" in caught.value.fields["M"]
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_copy_messages_outside_copy_and_typed_parse(gateway: Gateway) -> None:
+    """Rule: CopyData/CopyDone/CopyFail outside COPY carry nothing the server runs (it ignores
+    them) and change no verdict; a Parse with declared parameter types binds and runs as a read,
+    and the same shape with a write is refused."""
+    with connect(gateway, "carol") as raw:
+        raw.send(pgp.message(b"d", b"DELETE FROM items;\n") + pgp.message(b"c") + pgp.message(b"f", b"x\x00"))
+        assert raw.query("SELECT count(*) FROM items")[0] == [[str(len(ITEMS)).encode()]]
+        seen = exchange(
+            raw,
+            pgp.make_parse(b"t", b"SELECT name FROM items WHERE id = $1", [23]),
+            pgp.make_bind(b"", b"t", [0], [b"2"], []),
+            pgp.make_execute(b""),
+            pgp.make_parse(b"w", b"DELETE FROM items WHERE id = $1", [23]),
+            pgp.make_bind(b"", b"w", [0], [b"2"], []),
+            pgp.make_execute(b""),
+            pgp.SYNC,
+        )
+        assert [body for t, body in seen if t == b"D"] == [b"\x00\x01\x00\x00\x00\x06banana"]
+        assert errors(seen) == ["42501"]
