@@ -848,6 +848,9 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._batch.append((t0, verdict.kind))
             self._forwarded(t0)
             if LEXING in c.names:
+                # The server sends the new setting only when it flushes: end the batch so it does,
+                # and read nothing more until it has answered.
+                self._end_open_batch()
                 return self._wait_for_replies(None, b"")
             return None
         self._refuse(verdict, HeldStatementDraft(text, c, bind_raw, types), extended=True, t0=t0)

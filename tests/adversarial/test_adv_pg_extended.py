@@ -458,3 +458,26 @@ def test_copy_messages_outside_copy_and_typed_parse(gateway: Gateway) -> None:
         )
         assert [body for t, body in seen if t == b"D"] == [b"\x00\x01\x00\x00\x00\x06banana"]
         assert errors(seen) == ["42501"]
+
+
+def test_an_encoding_change_in_an_open_batch_is_followed(gateway: Gateway) -> None:
+    """Rule: after a statement that changes how text is read, QueryBase reads nothing more until
+    the server has answered it — also inside an extended batch the client has not synced yet."""
+    with connect(gateway, "carol") as raw:
+        raw.send(
+            pgp.make_parse(b"", b"SET client_encoding = 'LATIN1'", [])
+            + pgp.make_bind(b"", b"", [], [], [])
+            + pgp.make_execute(b"")
+            + pgp.make_parse(b"", b"SELECT '\xe9' AS e", [])  # LATIN1 é: not UTF-8
+            + pgp.make_bind(b"", b"", [], [], [])
+            + pgp.make_execute(b"")
+            + pgp.SYNC
+        )
+        seen = []
+        while (msg := raw.read_message()) is not None:
+            seen.append(msg)
+            if msg[0] == b"Z":
+                break
+        assert not errors(seen)
+        assert [body for t, body in seen if t == b"D"] == [b"\x00\x01\x00\x00\x00\x01\xe9"]
+        assert raw.query("SHOW client_encoding")[0] == [[b"LATIN1"]]
