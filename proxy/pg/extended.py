@@ -319,9 +319,11 @@ class ExtendedState:
             return Unknown(f'the statement of portal "{shown}" was not prepared at the server')
         return portal
 
-    def sql_kind(self, verb: str, name: str, current: int | None = None) -> Kind | Unknown | Wait:
-        """The kind of what SQL `EXECUTE name` (verb "execute") or `FETCH name` (verb "fetch") runs."""
-        batch = current if current is not None else (self._unanswered[-1].id if self._unanswered else 0)
+    def sql_kind(self, verb: str, name: str) -> Kind | Unknown | Wait:
+        """The kind of what SQL `EXECUTE name` (verb "execute") or `FETCH name` (verb "fetch") runs.
+        Only the open extended batch counts as "the same batch": a simple Query is a batch of its
+        own, so for it nothing unconfirmed is trusted."""
+        batch = self._open.id if self._open is not None else -1
         names: dict[str, SqlName] = self.sql_prepared if verb == "execute" else self.cursors
         entry = names.get(name)
         if entry is not None:

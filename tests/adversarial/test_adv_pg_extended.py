@@ -481,3 +481,20 @@ def test_an_encoding_change_in_an_open_batch_is_followed(gateway: Gateway) -> No
         assert not errors(seen)
         assert [body for t, body in seen if t == b"D"] == [b"\x00\x01\x00\x00\x00\x01\xe9"]
         assert raw.query("SHOW client_encoding")[0] == [[b"LATIN1"]]
+
+
+@pytest.mark.usefixtures("unchanged")
+def test_sql_execute_does_not_trust_a_parse_the_server_has_not_answered(gateway: Gateway) -> None:
+    """Rule: a simple Query is a batch of its own. A protocol Parse of an existing name sent just
+    before it (and rejected by the server) must not decide what SQL EXECUTE of that name runs."""
+    with connect(gateway, "carol") as raw:
+        exchange(raw, pgp.make_query("BEGIN"))
+        exchange(raw, pgp.make_parse(b"foo", b"DELETE FROM items", []), pgp.SYNC)
+        seen = exchange(
+            raw,
+            pgp.make_parse(b"foo", b"SELECT 1", []),  # fails: "foo" exists
+            pgp.SYNC,
+            pgp.make_query("EXECUTE foo"),
+        )
+        assert errors(seen)[-1] == "42501"
+        exchange(raw, pgp.make_query("ROLLBACK"))
