@@ -91,8 +91,8 @@ class _Facts:
     """What one statement (and everything nested in it) does: the mutable accumulator of a classification."""
 
     __slots__ = (
-        "copy_from_stdin", "ctes", "executes", "kind", "names", "prepares", "reason", "schemas", "tables",
-        "unvetted",
+        "copy_from_stdin", "ctes", "executes", "kind", "names", "pins", "prepares", "reason", "schemas",
+        "tables", "unvetted",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -106,6 +106,7 @@ class _Facts:
         self.names: list[str] = []
         self.unvetted: set[str] = set()
         self.schemas: set[str] = set()  # schemas a search_path change names ("*": not known)
+        self.pins: set[str] = set()  # session state that stays on the server connection (PINS)
 
     def note(self, kind: Kind, reason: str) -> None:
         """Raise the kind to `kind` (with its reason) if that is stricter than what is known."""
@@ -121,6 +122,7 @@ class _Facts:
         self.names += other.names
         self.unvetted |= other.unvetted
         self.schemas |= other.schemas
+        self.pins |= other.pins
 
 
 # --- constants and booleans -------------------------------------------------------------------------
@@ -310,6 +312,11 @@ _GUARDED_BUILTINS = frozenset(
     | {"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all"}
 )
 
+# Advisory locks held by the session (the *_xact_* ones end with the transaction).
+_SESSION_LOCKS = frozenset(
+    f"pg_{try_}advisory_{what}" for try_ in ("", "try_") for what in ("lock", "lock_shared")
+)
+
 _READ_ONLY_SETTINGS = frozenset({"default_transaction_read_only", "transaction_read_only"})
 _RESET_KINDS = {
     enums.VariableSetKind.VAR_RESET: "RESET {}",
@@ -399,6 +406,8 @@ def _check_function(node: ast.FuncCall, facts: _Facts) -> None:
         kind, why = _FUNCTIONS[name]
         facts.note(kind, f"{name}() {why}")
         return
+    if name in _SESSION_LOCKS:
+        facts.pins.add("a session-level advisory lock")
     for prefix, kind, why in _FUNCTION_PREFIXES:
         if name.startswith(prefix):
             facts.note(kind, f"{name}() {why}")
@@ -476,6 +485,8 @@ def _check_select(node: ast.SelectStmt, facts: _Facts) -> None:
 
 def _visit_range_var(node: ast.RangeVar, facts: _Facts) -> bool:
     facts.tables.add(_relation_name(node))
+    if node.relpersistence == "t":  # CREATE TEMP TABLE / VIEW / SEQUENCE, SELECT … INTO TEMP
+        facts.pins.add("a temporary table, view or sequence")
     if node.relname in _OTHER_SESSIONS_RELATIONS:
         facts.note(Kind.PRIVILEGED, f"{node.relname} {_OTHER_SESSIONS_WHY}")
     return True  # nothing below a RangeVar but its alias
@@ -588,6 +599,7 @@ def _explain(node: ast.ExplainStmt, facts: _Facts) -> None:
     if _explain_analyzes(node.options):
         facts.note(inner.kind, f"EXPLAIN ANALYZE {inner.reason}" if inner.reason else "")
         facts.executes = inner.executes
+        facts.pins |= inner.pins
     elif inner.kind is Kind.PRIVILEGED:
         facts.note(inner.kind, inner.reason)
 
@@ -596,6 +608,7 @@ def _prepare(node: ast.PrepareStmt, facts: _Facts) -> None:
     facts.absorb(_statement(node.query))
     facts.prepares = node.name
     facts.names.append(f"prepare:{node.name}")
+    facts.pins.add("a SQL prepared statement")
 
 
 def _execute(node: ast.ExecuteStmt, facts: _Facts) -> None:
@@ -607,6 +620,11 @@ def _execute(node: ast.ExecuteStmt, facts: _Facts) -> None:
 def _declare_cursor(node: ast.DeclareCursorStmt, facts: _Facts) -> None:
     facts.absorb(_statement(node.query))
     facts.names.append(f"declare:{node.portalname}")
+    if (node.options or 0) & _CURSOR_OPT_HOLD:
+        facts.pins.add("a WITH HOLD cursor")
+
+
+_CURSOR_OPT_HOLD = 0x0020  # parsenodes.h: the cursor outlives its transaction
 
 
 def _fetch(node: ast.FetchStmt, facts: _Facts) -> None:
@@ -758,6 +776,16 @@ def _grant(node: Any) -> str:
     return "GRANT" if node.is_grant else "REVOKE"
 
 
+def _pinning(handler: _Handler, why: str) -> _Handler:
+    """`handler`, and the statement leaves state on its server connection (`pins`)."""
+
+    def handle(node: Any, facts: _Facts) -> None:
+        handler(node, facts)
+        facts.pins.add(why)
+
+    return handle
+
+
 _READ = _fixed(Kind.READ, "")
 
 _HANDLERS: dict[type, _Handler] = {
@@ -780,7 +808,7 @@ _HANDLERS: dict[type, _Handler] = {
     ast.DeleteStmt: _fixed(Kind.WRITE, "DELETE"),
     ast.MergeStmt: _fixed(Kind.WRITE, "MERGE"),
     ast.CallStmt: _fixed(Kind.WRITE, "CALL"),
-    ast.DoStmt: _fixed(Kind.WRITE, "DO"),
+    ast.DoStmt: _pinning(_fixed(Kind.WRITE, "DO"), "a DO block (it can change anything in the session)"),
     ast.TruncateStmt: _fixed(Kind.WRITE, "TRUNCATE"),
     ast.LockStmt: _fixed(Kind.WRITE, "LOCK"),
     ast.VacuumStmt: _fixed(Kind.WRITE, lambda node: "VACUUM" if node.is_vacuumcmd else "ANALYZE"),
@@ -794,7 +822,7 @@ _HANDLERS: dict[type, _Handler] = {
     ast.VariableSetStmt: _variable_set,
     ast.DiscardStmt: _discard,
     ast.DeallocateStmt: _deallocate,
-    ast.ListenStmt: _fixed(Kind.SESSION, "LISTEN"),
+    ast.ListenStmt: _pinning(_fixed(Kind.SESSION, "LISTEN"), "LISTEN"),
     ast.UnlistenStmt: _fixed(Kind.SESSION, "UNLISTEN"),
     # privileged
     ast.GrantStmt: _fixed(Kind.PRIVILEGED, _grant),
@@ -807,7 +835,7 @@ _HANDLERS: dict[type, _Handler] = {
     ast.DropRoleStmt: _fixed(Kind.PRIVILEGED, "DROP ROLE"),
     ast.ReassignOwnedStmt: _fixed(Kind.PRIVILEGED, "REASSIGN OWNED"),
     ast.DropOwnedStmt: _fixed(Kind.PRIVILEGED, "DROP OWNED"),
-    ast.LoadStmt: _fixed(Kind.PRIVILEGED, "LOAD loads a server library"),
+    ast.LoadStmt: _pinning(_fixed(Kind.PRIVILEGED, "LOAD loads a server library"), "LOAD"),
     ast.CreateExtensionStmt: _fixed(Kind.PRIVILEGED, "CREATE EXTENSION installs code"),
     ast.AlterExtensionStmt: _fixed(Kind.PRIVILEGED, "ALTER EXTENSION runs its scripts"),
     ast.AlterExtensionContentsStmt: _fixed(Kind.PRIVILEGED, "ALTER EXTENSION … ADD/DROP"),
@@ -912,9 +940,11 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
     names: list[str] = []
     unvetted: set[str] = set()
     schemas: set[str] = set()
+    pins: set[str] = set()
     copy_from_stdin = False
     for raw in statements:
         facts = _statement(raw.stmt)
+        pins |= facts.pins
         names += facts.names
         unvetted |= facts.unvetted
         schemas |= facts.schemas
@@ -936,6 +966,11 @@ def _classify_statements(statements: tuple[ast.RawStmt, ...]) -> Classification:
         names=tuple(names),
         unvetted=tuple(sorted(unvetted)),
         schemas=tuple(sorted(schemas)),
+        pins=tuple(
+            sorted(
+                pins | ({"the pg_temp schema"} if any(s.startswith("pg_temp") for s in schemas) else set())
+            )
+        ),
     )
 
 

@@ -78,6 +78,10 @@ class Classification:
       `prepare:N`, `deallocate:N` / `deallocate:*`, `declare:N`, `close:N` / `close:*`, `fetch:N`,
       and `lexing` for statements that change how the server reads later text (client_encoding,
       standard_conforming_strings, RESET ALL, DISCARD ALL). Collected over every statement.
+    - `pins` (PostgreSQL): session state the message leaves on its server connection that cannot be
+      carried to another one (temporary objects, LISTEN, session advisory locks, WITH HOLD cursors,
+      SQL PREPARE, DO, LOAD), as short phrases. Transaction pooling keeps such a client on its
+      connection for the rest of its session (docs/pooling.md).
     - `unvetted`: functions the statement calls that are not vetted built-ins (user, extension or
       unvetted volatile functions), sorted. `decide()` fails such reads closed unless the source
       trusts every one of them (`SourcePolicy.trusted_functions`).
@@ -96,6 +100,7 @@ class Classification:
     uses: str | None = None
     sets: tuple[tuple[str, str | None], ...] = ()
     schemas: tuple[str, ...] = ()
+    pins: tuple[str, ...] = ()
 
 
 class Action(enum.StrEnum):

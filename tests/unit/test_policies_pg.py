@@ -897,3 +897,38 @@ def test_controls_transactions(sql: str, expected: bool) -> None:
 def test_functions_outside_the_allowlist_are_listed(sql: str, unvetted: tuple[str, ...]) -> None:
     """Issue 10 class 6: the classifier names every function that is not a vetted built-in."""
     assert classify(sql).unvetted == unvetted
+
+
+@pytest.mark.parametrize(
+    ("sql", "pins"),
+    [
+        ("SELECT * FROM items", ()),
+        ("LISTEN orders_changed", ("LISTEN",)),
+        ("UNLISTEN *", ()),
+        ("CREATE TEMP TABLE t (a int)", ("a temporary table, view or sequence",)),
+        ("CREATE TEMPORARY VIEW v AS SELECT 1", ("a temporary table, view or sequence",)),
+        ("CREATE TEMP SEQUENCE s", ("a temporary table, view or sequence",)),
+        ("SELECT 1 INTO TEMP t", ("a temporary table, view or sequence",)),
+        ("CREATE TEMP TABLE t AS SELECT 1", ("a temporary table, view or sequence",)),
+        ("CREATE TABLE pg_temp.t (a int)", ("the pg_temp schema",)),
+        ("CREATE TABLE t (a int)", ()),
+        ("EXPLAIN CREATE TEMP TABLE t AS SELECT 1", ()),  # not run
+        ("EXPLAIN ANALYZE CREATE TEMP TABLE t AS SELECT 1", ("a temporary table, view or sequence",)),
+        ("SELECT pg_advisory_lock(1)", ("a session-level advisory lock",)),
+        ("SELECT pg_try_advisory_lock_shared(1, 2)", ("a session-level advisory lock",)),
+        ("SELECT x FROM (SELECT pg_try_advisory_lock(3) x) s", ("a session-level advisory lock",)),
+        ("SELECT pg_advisory_xact_lock(1)", ()),
+        ("SELECT pg_advisory_unlock(1)", ()),
+        ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", ("a WITH HOLD cursor",)),
+        ("DECLARE c CURSOR FOR SELECT 1", ()),
+        ("PREPARE p AS SELECT 1", ("a SQL prepared statement",)),
+        ("DO $$BEGIN NULL; END$$", ("a DO block (it can change anything in the session)",)),
+        ("LOAD 'auto_explain'", ("LOAD",)),
+        ("SELECT 1; LISTEN a; SELECT pg_advisory_lock(2)", ("LISTEN", "a session-level advisory lock")),
+        ("SET search_path TO a", ()),  # settings are carried, not pinned
+    ],
+)
+def test_session_state_that_pins_a_pooled_client(sql: str, pins: tuple[str, ...]) -> None:
+    """Issue 11: what a statement leaves on its server connection that transaction pooling cannot
+    carry to another one."""
+    assert classify(sql).pins == pins
