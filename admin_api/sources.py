@@ -26,6 +26,11 @@ _TRUSTED_DOC = (
     "functions reads may call besides the vetted built-ins, as the classifier names them "
     "(`name`, or `schema.name` when called qualified); anything else a read calls is held or denied"
 )
+_POOL_MODE_DOC = (
+    "transaction: clients share upstream connections between transactions; session: one upstream "
+    "connection per client session (docs/pooling.md)"
+)
+PoolMode = Literal["transaction", "session"]
 _CA_DOC = "PEM CA bundle (text) for verify-ca / verify-full; stored in the catalog, shown as a summary"
 _WRITE_ONLY = "write-only: never returned"
 
@@ -67,6 +72,7 @@ class SourceOut(BaseModel):
     tls_ca: list[str] = Field(description="the stored CA bundle: one line per certificate")
     pool_size: int
     pool_timeout_seconds: float
+    pool_mode: PoolMode = Field(description=_POOL_MODE_DOC)
     approvals_required: int
     ddl_approvals_required: int | None
     block_ddl: bool
@@ -98,6 +104,9 @@ class SourceCreate(BaseModel):
     tls_ca_pem: str | None = Field(default=None, max_length=1_000_000, description=_CA_DOC)
     pool_size: int = Field(default=10, ge=1, le=1000)
     pool_timeout_seconds: float = Field(default=10.0, gt=0, le=3600)
+    pool_mode: PoolMode | None = Field(
+        default=None, description=_POOL_MODE_DOC + "; default: transaction (PostgreSQL), session (MySQL)"
+    )
     approvals_required: int = Field(default=1, ge=1, le=100)
     ddl_approvals_required: int | None = Field(default=None, ge=1, le=100)
     block_ddl: bool = False
@@ -126,6 +135,7 @@ class SourceUpdate(BaseModel):
     )
     pool_size: int | None = Field(default=None, ge=1, le=1000)
     pool_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    pool_mode: PoolMode | None = Field(default=None, description=_POOL_MODE_DOC)
     approvals_required: int | None = Field(default=None, ge=1, le=100)
     ddl_approvals_required: int | None = Field(default=None, ge=1, le=100)
     block_ddl: bool | None = None
@@ -181,6 +191,7 @@ async def create_source(body: SourceCreate, ctx: Ctx, admin: AdminUser) -> Sourc
         tls_ca_pem=body.tls_ca_pem,
         pool_size=body.pool_size,
         pool_timeout_seconds=body.pool_timeout_seconds,
+        pool_mode=body.pool_mode,
         approvals_required=body.approvals_required,
         ddl_approvals_required=body.ddl_approvals_required,
         block_ddl=body.block_ddl,

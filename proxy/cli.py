@@ -39,7 +39,7 @@ from proxy import audit
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
 from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
 from proxy.store import requests as rq
-from proxy.store.catalog import PG_AUTH_METHODS, Catalog, SourceSpec
+from proxy.store.catalog import PG_AUTH_METHODS, POOL_MODES, Catalog, SourceSpec
 from proxy.store.crypto import SecretBox, create_key_file, load_key
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent, Decision, Engine, UpstreamTLS, utcnow
@@ -345,6 +345,7 @@ async def cmd_source_add(ctx: Context, args: argparse.Namespace) -> int:
         tls_ca_pem=read_ca_file(args.tls_ca) if args.tls_ca else None,
         pool_size=args.pool_size,
         pool_timeout_seconds=args.pool_timeout,
+        pool_mode=args.pool_mode,
     )
     catalog = ctx.catalog(with_key=True)
     view = await catalog.add_source(spec, read_password=read_pw, write_password=write_pw, actor=ctx.actor)
@@ -389,6 +390,7 @@ _SOURCE_SET_FIELDS = {
     "tls": "tls",
     "pool_size": "pool_size",
     "pool_timeout": "pool_timeout_seconds",
+    "pool_mode": "pool_mode",
     "approvals": "approvals_required",
     "ddl_approvals": "ddl_approvals_required",
     "block_ddl": "block_ddl",
@@ -472,6 +474,7 @@ async def cmd_source_list(ctx: Context, args: argparse.Namespace) -> int:
                 "write_user",
                 "tls",
                 "pool",
+                "pool_mode",
             ],
             [
                 (
@@ -484,6 +487,7 @@ async def cmd_source_list(ctx: Context, args: argparse.Namespace) -> int:
                     s.write_user,
                     s.tls,
                     s.pool_size,
+                    s.pool_mode,
                 )
                 for s in sources
             ],
@@ -1154,6 +1158,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tls-ca", metavar="FILE", help=TLS_CA_HELP)
     sub.add_argument("--pool-size", type=int, default=10)
     sub.add_argument(
+        "--pool-mode",
+        choices=POOL_MODES,
+        help="transaction: clients share upstream connections between transactions (default for "
+        "PostgreSQL); session: one upstream connection per client session (default for MySQL, "
+        "which has no transaction pooling yet); docs/pooling.md",
+    )
+    sub.add_argument(
         "--pool-timeout",
         type=float,
         default=10.0,
@@ -1274,6 +1285,7 @@ def add_source_set_options(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--pool-size", type=int, metavar="N")
     sub.add_argument("--pool-timeout", type=float, metavar="SECONDS")
+    sub.add_argument("--pool-mode", choices=POOL_MODES, help="transaction or session (docs/pooling.md)")
     sub.add_argument("--approvals", type=int, metavar="N", help="approvals a change request needs")
     ddl = sub.add_mutually_exclusive_group()
     ddl.add_argument("--ddl-approvals", type=int, metavar="N", help="approvals a DDL request needs")

@@ -134,6 +134,7 @@ class SourceSpec:
     tls_ca_pem: str | None = None  # PEM CA bundle for verify-ca / verify-full
     pool_size: int = 10
     pool_timeout_seconds: float = 10.0
+    pool_mode: str | None = None  # POOL_MODES; None: the engine's default (default_pool_mode)
     approvals_required: int = 1
     ddl_approvals_required: int | None = None
     block_ddl: bool = False
@@ -157,6 +158,7 @@ MUTABLE_SOURCE_FIELDS = frozenset(
         "tls_ca_pem",
         "pool_size",
         "pool_timeout_seconds",
+        "pool_mode",
         "approvals_required",
         "ddl_approvals_required",
         "block_ddl",
@@ -167,6 +169,15 @@ MUTABLE_SOURCE_FIELDS = frozenset(
     }
 )
 TLS_MODE_WORDS = ", ".join(t.value for t in UpstreamTLS)
+POOL_MODES = ("transaction", "session")
+
+
+def default_pool_mode(engine: Engine) -> str:
+    """New PostgreSQL sources pool by transaction; MySQL sources by session (transaction pooling
+    is not built for MySQL yet: docs/pooling.md)."""
+    return "transaction" if engine is Engine.POSTGRESQL else "session"
+
+
 _SECRET_SOURCE_FIELDS = frozenset({"read_password", "write_password"})
 
 
@@ -184,6 +195,12 @@ def _check_source(row: Source) -> None:
         raise InvalidInput(f"invalid pool size {row.pool_size}: must be 1-1000")
     if not 0 < row.pool_timeout_seconds <= 3600:
         raise InvalidInput(f"invalid pool timeout {row.pool_timeout_seconds:g}: must be 0-3600 seconds")
+    if row.pool_mode not in POOL_MODES:
+        raise InvalidInput(f"invalid pool mode {row.pool_mode!r}: use {' or '.join(POOL_MODES)}")
+    if row.pool_mode == "transaction" and row.engine is Engine.MYSQL:
+        raise InvalidInput(
+            "transaction pooling is not available for MySQL sources yet: use pool mode session"
+        )
     if not 1 <= row.approvals_required <= 100:
         raise InvalidInput(f"invalid approvals_required {row.approvals_required}: must be 1-100")
     if row.ddl_approvals_required is not None and not 1 <= row.ddl_approvals_required <= 100:
@@ -230,6 +247,7 @@ class SourceView:
     tls_ca: tuple[str, ...]  # the stored CA bundle, one line per certificate
     pool_size: int
     pool_timeout_seconds: float
+    pool_mode: str  # transaction | session (docs/pooling.md)
     approvals_required: int
     ddl_approvals_required: int | None
     block_ddl: bool
@@ -282,6 +300,7 @@ def _source_view(src: Source, grants: Sequence[tuple[str, str]] = ()) -> SourceV
         tls_ca=describe_ca_bundle(src.tls_ca_pem) if src.tls_ca_pem else (),
         pool_size=src.pool_size,
         pool_timeout_seconds=src.pool_timeout_seconds,
+        pool_mode=src.pool_mode,
         approvals_required=src.approvals_required,
         ddl_approvals_required=src.ddl_approvals_required,
         block_ddl=src.block_ddl,
@@ -632,6 +651,7 @@ class Catalog:
             tls_ca_pem=spec.tls_ca_pem,
             pool_size=spec.pool_size,
             pool_timeout_seconds=spec.pool_timeout_seconds,
+            pool_mode=spec.pool_mode or default_pool_mode(spec.engine),
             approvals_required=spec.approvals_required,
             ddl_approvals_required=spec.ddl_approvals_required,
             block_ddl=spec.block_ddl,
@@ -661,6 +681,7 @@ class Catalog:
                     "tls": tls.value,
                     "tls_ca": list(describe_ca_bundle(spec.tls_ca_pem)) if spec.tls_ca_pem else None,
                     "pool_size": spec.pool_size,
+                    "pool_mode": row.pool_mode,
                     "approvals_required": spec.approvals_required,
                     "ddl_approvals_required": spec.ddl_approvals_required,
                     "block_ddl": spec.block_ddl,

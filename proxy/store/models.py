@@ -165,6 +165,9 @@ class Source(Base):
     # Functions (as the classifier names them: `name` or `schema.name`) reads may call on this source
     # besides the vetted built-ins; NULL: none.
     trusted_functions: Mapped[list[str] | None] = mapped_column(JSON)
+    # How clients share upstream connections (docs/pooling.md): "transaction" (a connection per
+    # transaction) or "session" (one per client session). Sources made before 0007 keep "session".
+    pool_mode: Mapped[str] = mapped_column(String(16), default="transaction")
     # The last `source test` of the read login's own privileges (proxy.sourcecheck.Boundary):
     # {"login", "findings": [{"code", "severity", "what", "why"}], "error"}, and when it ran.
     boundary_checked_at: Mapped[datetime | None] = mapped_column()

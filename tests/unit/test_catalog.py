@@ -427,6 +427,23 @@ async def test_invalid_sources(
     assert await events(store) == []
 
 
+async def test_pool_mode_defaults_by_engine_and_can_change(catalog: Catalog) -> None:
+    await add_shop(catalog)
+    await add_shop(catalog, name="mysql_shop", engine=Engine.MYSQL, port=3306)
+    await add_shop(catalog, name="pinned", pool_mode="session")
+    modes = {s.name: s.pool_mode for s in await catalog.list_sources()}
+    assert modes == {"shop": "transaction", "mysql_shop": "session", "pinned": "session"}
+    view = await catalog.update_source("shop", {"pool_mode": "session"}, actor="admin")
+    assert view.pool_mode == "session"
+    with pytest.raises(InvalidInput, match="invalid pool mode"):
+        await catalog.update_source("shop", {"pool_mode": "statement"}, actor="admin")
+    with pytest.raises(InvalidInput, match="not available for MySQL"):
+        await catalog.update_source("mysql_shop", {"pool_mode": "transaction"}, actor="admin")
+    with pytest.raises(InvalidInput, match="not available for MySQL"):
+        await add_shop(catalog, name="my2", engine=Engine.MYSQL, port=3306, pool_mode="transaction")
+    assert (await catalog.get_source("mysql_shop")).pool_mode == "session"
+
+
 async def test_duplicate_source(catalog: Catalog, store: Store) -> None:
     await add_shop(catalog)
     with pytest.raises(AlreadyExists, match="shop"):
@@ -623,3 +640,37 @@ async def test_concurrent_changes_all_land(catalog: Catalog, store: Store) -> No
     await asyncio.gather(*(catalog.add_group(f"team{i}", actor=None) for i in range(4)))
     assert len(await catalog.list_groups()) == 4
     assert (await verify_chain(store)).events == 4
+
+
+async def test_sources_made_before_pool_modes_keep_session_pooling(tmp_path: Path) -> None:
+    """Migration 0007: a source that existed before is upgraded to `session`, as it was served."""
+    from alembic import command
+
+    from proxy.store.db import alembic_config
+
+    path = tmp_path / "old.db"
+    store = Store(SQLITE + str(path))
+
+    def to_0006(conn: Any) -> None:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0006")
+
+    async with store.write_engine.begin() as conn:
+        await conn.run_sync(to_0006)
+        await conn.execute(
+            text(
+                "INSERT INTO sources (name, engine, host, port, database, read_user, tls, pool_size, "
+                "pool_timeout_seconds, approvals_required, block_ddl, request_ttl_seconds, "
+                "hold_wait_seconds, created_at, updated_at) VALUES ('old', 'postgresql', 'db', 5432, "
+                "'d', 'r', 'prefer', 10, 10, 1, 0, 86400, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+    await store.migrate()
+    catalog = Catalog(store, SecretBox(KEY))
+    try:
+        assert (await catalog.get_source("old")).pool_mode == "session"
+        await add_shop(catalog)
+        assert (await catalog.get_source("shop")).pool_mode == "transaction"
+    finally:
+        await store.close()
