@@ -330,6 +330,10 @@ _RESET_KINDS = {
 # part of a character to the other): anything else is privileged, and the session reads nothing
 # after a change until the upstream has answered it (`LEXING` in `Classification.names`).
 LEXING = "lexing"
+# In `Classification.names`: the statement sets, resets or discards session settings somewhere
+# (SET, RESET, set_config, DISCARD), whatever its overall kind: transaction pooling reads the
+# settings back before the server connection serves anyone else.
+SETTINGS = "settings"
 _LEXING_SETTINGS = frozenset({"client_encoding", "standard_conforming_strings"})
 # PostgreSQL's encoding names (and the aliases people use), compared as PostgreSQL does: lower
 # case, letters and digits only. SJIS, BIG5, GBK, GB18030, UHC and JOHAB are not here.
@@ -430,6 +434,7 @@ def _vet_function(names: tuple[Any, ...], facts: _Facts) -> None:
 
 
 def _check_set_config(args: tuple[Any, ...], facts: _Facts) -> None:
+    facts.names.append(SETTINGS)
     setting = _const(args[0]) if args else None
     if setting is None:
         facts.note(Kind.PRIVILEGED, "set_config() with a setting name that is not a constant")
@@ -639,6 +644,7 @@ def _deallocate(node: ast.DeallocateStmt, facts: _Facts) -> None:
 
 
 def _discard(node: ast.DiscardStmt, facts: _Facts) -> None:
+    facts.names.append(SETTINGS)
     facts.note(Kind.SESSION, "DISCARD")
     if node.target == enums.DiscardMode.DISCARD_ALL:
         facts.names += ["deallocate:*", "close:*", LEXING]
@@ -686,6 +692,7 @@ def _set_multi(node: ast.VariableSetStmt, facts: _Facts) -> None:
 
 
 def _variable_set(node: ast.VariableSetStmt, facts: _Facts) -> None:
+    facts.names.append(SETTINGS)
     kind = node.kind
     name = (node.name or "").lower()  # setting names are case-insensitive, even quoted
     if name in _LEXING_SETTINGS or kind == enums.VariableSetKind.VAR_RESET_ALL:

@@ -77,7 +77,9 @@ class Classification:
       prepared statements and cursors, which Bind/Execute can reach and FETCH can run), in order:
       `prepare:N`, `deallocate:N` / `deallocate:*`, `declare:N`, `close:N` / `close:*`, `fetch:N`,
       and `lexing` for statements that change how the server reads later text (client_encoding,
-      standard_conforming_strings, RESET ALL, DISCARD ALL). Collected over every statement.
+      standard_conforming_strings, RESET ALL, DISCARD ALL), and `settings` for statements that
+      change session settings anywhere in them (SET, RESET, set_config, DISCARD). Collected over
+      every statement.
     - `pins` (PostgreSQL): session state the message leaves on its server connection that cannot be
       carried to another one (temporary objects, LISTEN, session advisory locks, WITH HOLD cursors,
       SQL PREPARE, DO, LOAD), as short phrases. Transaction pooling keeps such a client on its

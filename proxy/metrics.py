@@ -169,6 +169,21 @@ POOL_CONNECT_ERRORS = _counter(
     "Failed attempts to open an upstream connection.",
     POOL_LABELS,
 )
+POOL_PINNED = _gauge(
+    "querybase_pool_pinned_sessions",
+    "Client sessions in transaction mode kept on one upstream connection (state that cannot move).",
+    POOL_LABELS,
+)
+POOL_PINS = _counter(
+    "querybase_pool_pins",
+    "Client sessions pinned to their upstream connection, by what pinned them.",
+    (*POOL_LABELS, "reason"),
+)
+POOL_SETTINGS_APPLIED = _counter(
+    "querybase_pool_settings_applied",
+    "Checkouts that had to carry a client's session settings to the upstream connection first.",
+    POOL_LABELS,
+)
 
 # -------------------------------------------------------------------------- change requests
 

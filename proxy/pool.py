@@ -116,12 +116,13 @@ class Pool(Generic[C]):
         if now[2] != shown[2]:
             self._m_opening.inc(now[2] - shown[2])
 
-    async def acquire(self, params: Key) -> C:
-        """A connection opened with exactly `params`; waits up to `timeout` for capacity."""
+    async def acquire(self, params: Key, prefer: Callable[[C], bool] | None = None) -> C:
+        """A connection opened with exactly `params` (an idle one `prefer` likes first); waits up
+        to `timeout` for capacity."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                conn = await self._acquire(params)
+                conn = await self._acquire(params, prefer)
             self._m_wait.observe(time.perf_counter() - started)
             return conn
         except TimeoutError:
@@ -131,19 +132,31 @@ class Pool(Generic[C]):
                 f"(pool size {self.size})"
             ) from None
 
-    async def _acquire(self, params: Key) -> C:
+    def _take_idle(self, params: Key, prefer: Callable[[C], bool] | None) -> C | None:
+        found: C | None = None
+        for conn in self._idle:
+            if conn.params == params and not conn.broken:
+                if prefer is None or prefer(conn):
+                    found = conn
+                    break
+                if found is None:
+                    found = conn
+        if found is not None:
+            self._idle.remove(found)
+            self._busy.add(found)
+            self._report()
+        return found
+
+    async def _acquire(self, params: Key, prefer: Callable[[C], bool] | None) -> C:
         self._m_waiting.inc()
         try:
             async with self._changed:
                 while True:
                     if self._closed:
                         raise UpstreamConnectError(f"pool {self.name} is closed")
-                    for conn in self._idle:
-                        if conn.params == params and not conn.broken:
-                            self._idle.remove(conn)
-                            self._busy.add(conn)
-                            self._report()
-                            return conn
+                    idle = self._take_idle(params, prefer)
+                    if idle is not None:
+                        return idle
                     self._drop_broken_idle()
                     if self.total >= self.size and self._idle:
                         self._idle.popleft().close()  # other parameters: make room
@@ -176,10 +189,11 @@ class Pool(Generic[C]):
             self._idle.remove(conn)
             conn.close()
 
-    async def release(self, conn: C, *, reusable: bool = True) -> None:
-        """Give a connection back: reset and keep it, or close it."""
+    async def release(self, conn: C, *, reusable: bool = True, reset: bool = True) -> None:
+        """Give a connection back: reset and keep it, or close it. `reset=False`: it is clean
+        already (transaction pooling returns connections between transactions as they are)."""
         keep = reusable and not conn.broken and not self._closed
-        if keep:
+        if keep and reset:
             try:
                 keep = await conn.reset()
             except Exception as exc:  # a failed reset is a broken connection, whatever the cause

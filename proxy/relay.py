@@ -68,14 +68,18 @@ C = TypeVar("C", bound=Pooled)
 
 
 def source_pool(
-    pools: dict[tuple[str, str], Pool[C]],
+    pools: dict[tuple[str, str, str], Pool[C]],
     creds: SourceCredentials,
     role: str,
     connect: Callable[[UpstreamTarget, Params], Awaitable[C]],
+    mode: str = "session",
 ) -> Pool[C]:
-    """The pool for (source, role), created on first use with the source's size and timeout."""
+    """The pool for (source, role) in pool mode `mode`, created on first use with the source's size
+    and timeout. Transaction-pooled connections are never handed to session-pooled clients (they
+    keep the last client's settings), so a source whose mode changed has one pool per mode until
+    the older sessions end."""
     view = creds.view
-    pool = pools.get((view.name, role))
+    pool = pools.get((view.name, role, mode))
     if pool is None:
         target = upstream_target(creds, role)
 
@@ -83,7 +87,7 @@ def source_pool(
             return await connect(target, params)
 
         pool = Pool(f"{view.name}/{role}", open_one, size=view.pool_size, timeout=view.pool_timeout_seconds)
-        pools[(view.name, role)] = pool
+        pools[(view.name, role, mode)] = pool
     return pool
 
 
@@ -344,7 +348,14 @@ class UpstreamBase(Generic[M]):
 
     @property
     def broken(self) -> bool:
-        return self._protocol.lost or self._transport is None or self._transport.is_closing()
+        """Gone, closing, or it sent something while idle (nothing may arrive unasked for)."""
+        protocol = self._protocol
+        return (
+            protocol.lost
+            or self._transport is None
+            or self._transport.is_closing()
+            or (protocol.sink is None and protocol.reader.buffered > 0)
+        )
 
     async def read(self) -> M:
         """Control mode: the next whole message from the upstream (UpstreamLost when it is gone)."""

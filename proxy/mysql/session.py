@@ -161,7 +161,7 @@ class MySQLFrontend:
         self.catalog = catalog
         self.tls = tls if settings.tls.mode != "disable" else None
         self.server_version = DEFAULT_SERVER_VERSION
-        self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
+        self.pools: dict[tuple[str, str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[int, MySQLSession] = {}
         self.limiter = LoginLimiter(protocol=PROTOCOL)
         self._ids = itertools.count(1)

@@ -62,6 +62,10 @@ class Prepared(Entry):
     query: str = ""
     param_types: tuple[int, ...] = ()
     classification: Classification = field(default_factory=lambda: Classification(Kind.UNKNOWN))
+    # Transaction pooling: the name the statement has on server connections, and the Parse body
+    # after the name (text and parameter types, as sent) to prepare it on one that lacks it.
+    server_name: bytes = b""
+    parse_tail: bytes = b""
 
 
 @dataclass(eq=False)
@@ -91,6 +95,21 @@ WAIT = Wait()
 
 _PARSE, _BIND, _CLOSE = b"1", b"2", b"3"  # the completion each op expects
 
+# What the session does with an op's completion before the client sees it (transaction pooling):
+DROP = "drop"  # a Parse QueryBase added itself: the client never sent it
+AS_PARSE_COMPLETE = "as-parse-complete"  # a Close QueryBase sent in place of a Parse it answers
+
+
+@dataclass(eq=False)
+class Op:
+    """One message of a batch that the server answers with a completion (or skips)."""
+
+    expects: bytes
+    entry: Entry | None = None
+    edit: str | None = None  # DROP, AS_PARSE_COMPLETE or None (the reply passes)
+    done: Callable[[bool], None] | None = None  # told whether the server did it
+
+
 K = TypeVar("K")
 E = TypeVar("E", bound=Entry)
 
@@ -101,9 +120,9 @@ def _drop(names: dict[K, E], gone: Callable[[E], bool]) -> None:
 
 
 @dataclass(eq=False)
-class _Batch:
+class Batch:
     id: int
-    ops: deque[tuple[bytes, Entry | None]] = field(default_factory=deque)
+    ops: deque[Op] = field(default_factory=deque)
     sql: list[SqlName] = field(default_factory=list)  # SQL names made in this batch
     errored: bool = False
 
@@ -117,8 +136,8 @@ class ExtendedState:
         self.sql_prepared: dict[str, SqlName] = {}
         self.cursors: dict[str, SqlName] = {}
         self._next = 0
-        self._open: _Batch | None = None  # the extended batch being sent (no Sync yet)
-        self._unanswered: deque[_Batch] = deque()  # sent, ReadyForQuery not yet received
+        self._open: Batch | None = None  # the extended batch being sent (no Sync yet)
+        self._unanswered: deque[Batch] = deque()  # sent, ReadyForQuery not yet received
 
     # ---------------------------------------------------------------- client → upstream
 
@@ -127,22 +146,68 @@ class ExtendedState:
         """Extended messages have been sent since the last Sync."""
         return self._open is not None
 
-    def _batch(self) -> _Batch:
+    @property
+    def open_batch(self) -> Batch | None:
+        """The extended batch being sent; its `errored` turns true when the server rejects a
+        message of it (and skips the rest)."""
+        return self._open
+
+    def _batch(self) -> Batch:
         if self._open is None:
             self._next += 1
-            self._open = _Batch(self._next)
+            self._open = Batch(self._next)
             self._unanswered.append(self._open)
         return self._open
 
-    def parse(self, name: bytes, query: str, param_types: tuple[int, ...], c: Classification) -> None:
+    def parse(
+        self,
+        name: bytes,
+        query: str,
+        param_types: tuple[int, ...],
+        c: Classification,
+        *,
+        server_name: bytes = b"",
+        parse_tail: bytes = b"",
+        edit: str | None = None,
+        done: Callable[[bool], None] | None = None,
+    ) -> None:
+        """A Parse of `name` goes upstream (as itself, under `server_name`, or answered by a Close
+        in its place: `edit`); `done` learns whether the server did it."""
         batch = self._batch()
-        entry = Prepared(batch.id, query=query, param_types=param_types, classification=c)
+        entry = Prepared(
+            batch.id,
+            query=query,
+            param_types=param_types,
+            classification=c,
+            server_name=server_name,
+            parse_tail=parse_tail,
+        )
         self._limit(self.statements, name)
         # A named Parse over an existing name fails at the server; the new entry then fails too
         # and the name is forgotten (the server keeps the old statement, which we stop trusting).
         self.statements[name] = entry
         self._forget_sql_name(self.sql_prepared, name)
-        self._op(batch, _PARSE, entry)
+        self._op(batch, Op(_CLOSE if edit == AS_PARSE_COMPLETE else _PARSE, entry, edit, done))
+
+    def prepare_again(self, done: Callable[[bool], None]) -> None:
+        """QueryBase sends a Parse of a statement the client prepared earlier, on a server
+        connection that lacks it; the client expects no reply to it."""
+        self._op(self._batch(), Op(_PARSE, None, DROP, done))
+
+    def new_connection(self) -> None:
+        """A transaction-pooled client moves to another server connection (everything sent has
+        been answered). Named statements follow it (re-prepared under their server names where
+        needed); portals, cursors, SQL names and the unnamed statement stay with the old one."""
+        if self._unanswered or self._open is not None:
+            raise Desync("the client moved to another server connection with replies outstanding")
+        self.statements = {
+            name: entry
+            for name, entry in self.statements.items()
+            if name and entry.server_name and entry.state is State.CONFIRMED
+        }
+        self.portals.clear()
+        self.sql_prepared.clear()
+        self.cursors.clear()
 
     def bind(self, portal: bytes, statement: bytes, raw: bytes) -> None:
         batch = self._batch()
@@ -150,7 +215,7 @@ class ExtendedState:
         self._limit(self.portals, portal)
         self.portals[portal] = entry
         self._forget_sql_name(self.cursors, portal)
-        self._op(batch, _BIND, entry)
+        self._op(batch, Op(_BIND, entry))
 
     def close(self, target: bytes, name: bytes) -> None:
         batch = self._batch()
@@ -160,7 +225,7 @@ class ExtendedState:
         else:
             self.portals.pop(name, None)
             self._forget_sql_name(self.cursors, name)
-        self._op(batch, _CLOSE, None)
+        self._op(batch, Op(_CLOSE))
 
     def extended(self) -> None:
         """Any other extended message (Describe, Execute, Flush): it belongs to the open batch."""
@@ -193,17 +258,17 @@ class ExtendedState:
             elif verb == "close":
                 self._forget_everywhere(self.cursors, self.portals, name)
 
-    def _remember(self, batch: _Batch, names: dict[str, SqlName], name: str, kind: Kind) -> None:
+    def _remember(self, batch: Batch, names: dict[str, SqlName], name: str, kind: Kind) -> None:
         if len(names) >= MAX_NAMES and name not in names:
             names.clear()
         entry = SqlName(batch.id, kind=kind)
         names[name] = entry
         batch.sql.append(entry)
 
-    def _op(self, batch: _Batch, expects: bytes, entry: Entry | None) -> None:
-        if batch.errored and entry is not None:
-            entry.state = State.FAILED  # the server skips it
-        batch.ops.append((expects, entry))
+    def _op(self, batch: Batch, op: Op) -> None:
+        if batch.errored and op.entry is not None:
+            op.entry.state = State.FAILED  # the server skips it
+        batch.ops.append(op)
 
     @staticmethod
     def _limit(names: dict[bytes, Prepared] | dict[bytes, Portal], name: bytes) -> None:
@@ -250,15 +315,20 @@ class ExtendedState:
 
     # ---------------------------------------------------------------- upstream → client
 
-    def completed(self, type_byte: bytes) -> None:
-        """ParseComplete, BindComplete or CloseComplete: the oldest op still waiting succeeded."""
+    def completed(self, type_byte: bytes) -> str | None:
+        """ParseComplete, BindComplete or CloseComplete: the oldest op still waiting succeeded.
+        Returns what to do with the reply (None: pass it; DROP; AS_PARSE_COMPLETE)."""
         if not self._unanswered or not self._unanswered[0].ops:
             raise Desync(f"the upstream sent {type_byte!r} with nothing waiting for it")
-        expects, entry = self._unanswered[0].ops.popleft()
-        if expects != type_byte:
-            raise Desync(f"the upstream answered {type_byte!r} where {expects!r} was due")
+        op = self._unanswered[0].ops.popleft()
+        if op.expects != type_byte:
+            raise Desync(f"the upstream answered {type_byte!r} where {op.expects!r} was due")
+        entry = op.entry
         if entry is not None and entry.state is State.PENDING:
             entry.state = State.CONFIRMED
+        if op.done is not None:
+            op.done(True)
+        return op.edit
 
     def error(self) -> None:
         """An ErrorResponse: the oldest unanswered batch skips the rest of its messages."""
@@ -272,9 +342,11 @@ class ExtendedState:
         batch = self._unanswered.popleft()
         if batch is self._open:
             raise Desync("the upstream ended a batch before its Sync")
-        for _, entry in batch.ops:
-            if entry is not None:
-                entry.state = State.FAILED
+        for op in batch.ops:
+            if op.entry is not None:
+                op.entry.state = State.FAILED
+            if op.done is not None:
+                op.done(False)
         for sql in batch.sql:
             sql.state = State.FAILED if batch.errored else State.CONFIRMED
         ended = batch.id if status == ord("I") else -1  # out of any transaction: portals are gone

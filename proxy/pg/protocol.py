@@ -413,8 +413,8 @@ def parse_sasl_initial(body: bytes) -> tuple[str, bytes]:
     return mechanism, data
 
 
-def make_query(sql: str) -> bytes:
-    return message(b"Q", sql.encode("utf-8") + b"\x00")
+def make_query(sql: str, encoding: str = "utf-8") -> bytes:
+    return message(b"Q", sql.encode(encoding) + b"\x00")
 
 
 def make_password(password: bytes) -> bytes:
@@ -630,12 +630,15 @@ class BackendScanner:
 
     `marks` collects, in order, the type bytes (as ints) of every ParseComplete, BindComplete,
     CloseComplete, ErrorResponse and ReadyForQuery seen: what the session's model of statements
-    and portals (proxy/pg/extended.py) learns from. The caller empties it after each scan.
+    and portals (proxy/pg/extended.py) learns from; `mark_offsets` where each starts in its chunk
+    (a completion is five bytes, so it is always whole in the chunk that has its header). The
+    caller empties both after each scan.
     """
 
     def __init__(self) -> None:
         self._skip = 0  # body bytes of the current message still to pass
         self.marks: list[int] = []
+        self.mark_offsets: list[int] = []  # where each mark's message starts in its chunk
 
     def scan(
         self, chunk: bytes | bytearray | memoryview
@@ -661,8 +664,10 @@ class BackendScanner:
                     return ready, params, size - pos
                 ready.append((pos, chunk[pos + 5]))
                 self.marks.append(0x5A)
+                self.mark_offsets.append(pos)
             elif type_byte in _MARKED:
                 self.marks.append(type_byte[0])
+                self.mark_offsets.append(pos)
             elif type_byte == b"S" and length <= MAX_HELD_BACK:
                 if end > size:
                     return ready, params, size - pos

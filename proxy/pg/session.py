@@ -32,6 +32,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import secrets
 import ssl
 import time
@@ -45,7 +46,7 @@ import structlog
 from policies.cache import classify_pg_cached
 from policies.decide import as_decided
 from policies.decide import decide_cached as decide
-from policies.pg import LEXING
+from policies.pg import LEXING, SETTINGS
 from policies.pg import classify as classify_pg
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
 from proxy import metrics
@@ -55,7 +56,7 @@ from proxy.errors import NotFound, QueryBaseError
 from proxy.limits import LoginFailed, LoginLimiter
 from proxy.logging import ReadSampler, connection_ids
 from proxy.pg import protocol as pgp
-from proxy.pg.extended import WAIT, Desync, ExtendedState, Portal, Unknown, Wait
+from proxy.pg.extended import AS_PARSE_COMPLETE, WAIT, Batch, Desync, ExtendedState, Portal, Unknown, Wait
 from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
 from proxy.pg.upstream import UpstreamConnection
 from proxy.pool import Pool, PoolTimeout, UpstreamConnectError
@@ -114,7 +115,7 @@ class PgFrontend:
             self.cert_hash = tls_server_end_point(der)
         self.limiter = LoginLimiter(protocol=PROTOCOL)
         self.mock_secret = secrets.token_bytes(32)
-        self.pools: dict[tuple[str, str], Pool[UpstreamConnection]] = {}
+        self.pools: dict[tuple[str, str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[tuple[int, bytes], PgSession] = {}
         self.live: set[PgSession] = set()
         # The change-request service (notifications, waiting mode); `serve` sets it. Without it
@@ -129,7 +130,8 @@ class PgFrontend:
         return PgSession(self)
 
     def pool(self, creds: SourceCredentials, role: str) -> Pool[UpstreamConnection]:
-        return source_pool(self.pools, creds, role, UpstreamConnection.connect)
+        mode = creds.view.pool_mode
+        return source_pool(self.pools, creds, role, UpstreamConnection.connect, mode)
 
     def new_key(self, session: PgSession) -> tuple[int, bytes]:
         while True:
@@ -175,6 +177,20 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None
         self.pool: Pool[UpstreamConnection] | None = None
         self.status = b"I"
+        # Transaction pooling (docs/pooling.md): the upstream is checked out for a transaction and
+        # given back at ReadyForQuery 'I'; `settings` is the client's session settings, carried to
+        # each connection it gets; `pinned` says why it keeps one connection for good instead.
+        self.pooling = "session"
+        self.pinned: str | None = None
+        self.settings: dict[str, str] = {}
+        self._settings_dirty = False  # a statement since checkout may have changed settings
+        # The unnamed statement was parsed and not yet run: pg8000 sends Parse, Sync, then Describe,
+        # Sync, then Bind, Execute, Sync; the statement lives on the connection, which is kept.
+        self._unnamed_unused = False
+        self._checkout: asyncio.Task[None] | None = None
+        self._checkin: asyncio.Task[None] | None = None
+        self._pool_labels = ("", "")
+        self._shared_params: tuple[tuple[str, str], ...] = ()  # what pooled connections log in with
         self.log = log
         # relay state
         self._out: list[bytes] = []
@@ -244,6 +260,10 @@ class PgSession(RelaySession, asyncio.Protocol):
             self.f.registry.unregister(self.entry)
         if self.key is not None:
             self.f.sessions.pop(self.key, None)
+        if self.pinned is not None:
+            metrics.POOL_PINNED.labels(*self._pool_labels).dec()
+        if self._checkout is not None:
+            self._checkout.cancel()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
         if self._login_task is not None and not self._login_task.done():
@@ -272,8 +292,7 @@ class PgSession(RelaySession, asyncio.Protocol):
                     self._follow_encoding(value)
                 elif name == "default_transaction_read_only" and value != "on":
                     self._read_only_lifted(value)
-            if scanner.marks:
-                self._learn(scanner.marks, ready)
+            edits = self._learn(scanner.marks, scanner.mark_offsets, ready) if scanner.marks else None
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
             return
@@ -284,9 +303,11 @@ class PgSession(RelaySession, asyncio.Protocol):
             return
         if keep:
             data, self._carry = data[:-keep], data[-keep:]
-        if self._special:
+        if edits:
+            data = self._edit_replies(data, ready, edits)
+        elif self._special:
             if ready or (self._pending and self._pending[0] == _DROP_ALL):
-                data = self._edit_replies(data, ready)
+                data = self._edit_replies(data, ready, ())
         elif ready:  # the common case: every reply goes to the client unchanged
             pending, timing = self._pending, self._timing
             for _ in range(min(len(ready), len(pending))):
@@ -299,14 +320,26 @@ class PgSession(RelaySession, asyncio.Protocol):
                 self._drained.set_result(None)
         if data and self.transport is not None:
             self.transport.write(data)
+        self._maybe_check_in()
         if self.f.draining:
             self.end_if_idle()
 
-    def _edit_replies(self, data: bytes, ready: list[tuple[int, int]]) -> bytes:
-        """Drop the replies QueryBase asked for itself: a ReadyForQuery, or a whole answer."""
+    def _edit_replies(
+        self, data: bytes, ready: list[tuple[int, int]], edits: list[tuple[int, str]] | tuple[()]
+    ) -> bytes:
+        """Drop the replies QueryBase asked for itself (a ReadyForQuery, a whole answer, the
+        completion of a Parse it added) and answer a Parse it answered with a Close."""
         pieces: list[bytes] = []
         start = 0
+        pending_edits = iter(edits)
+        edit = next(pending_edits, None)
         for offset, status in ready:
+            while edit is not None and edit[0] < offset:
+                pieces.append(data[start : edit[0]])
+                if edit[1] == AS_PARSE_COMPLETE:
+                    pieces.append(_PARSE_COMPLETE)
+                start = edit[0] + 5
+                edit = next(pending_edits, None)
             self.status = bytes((status,))
             mode = self._pending.popleft() if self._pending else _PASS
             if mode != _PASS:
@@ -320,27 +353,42 @@ class PgSession(RelaySession, asyncio.Protocol):
             elif mode == _DROP_Z:
                 pieces.append(data[start:offset])
             start = offset + 6
+        while edit is not None:  # completions after the last ReadyForQuery of the chunk
+            pieces.append(data[start : edit[0]])
+            if edit[1] == AS_PARSE_COMPLETE:
+                pieces.append(_PARSE_COMPLETE)
+            start = edit[0] + 5
+            edit = next(pending_edits, None)
         if not (self._pending and self._pending[0] == _DROP_ALL):
             pieces.append(data[start:])
         if not self._pending and self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         return b"".join(pieces)
 
-    def _learn(self, marks: list[int], ready: list[tuple[int, int]]) -> None:
-        """Feed the model the upstream's completions, errors and ReadyForQuery, in order."""
+    def _learn(
+        self, marks: list[int], offsets: list[int], ready: list[tuple[int, int]]
+    ) -> list[tuple[int, str]] | None:
+        """Feed the model the upstream's completions, errors and ReadyForQuery, in order. Returns
+        the completions to edit before the client sees them (offset, what), in order, if any."""
         ext = self._ext
         statuses = iter(ready)
-        for mark in marks:
+        edits: list[tuple[int, str]] | None = None
+        for mark, offset in zip(marks, offsets, strict=True):
             if mark == 0x5A:
                 ext.ready(next(statuses)[1])
             elif mark == 0x45:
                 ext.error()
             else:
-                ext.completed(bytes((mark,)))
+                edit = ext.completed(bytes((mark,)))
+                if edit is not None:
+                    edits = edits or []
+                    edits.append((offset, edit))
         marks.clear()
+        offsets.clear()
         settled = self._settled
         if settled is not None and not settled.done() and ext.settled():
             settled.set_result(None)
+        return edits
 
     def _read_only_lifted(self, value: str) -> None:
         """The upstream reports that a read-role connection is no longer read-only: end it now."""
@@ -618,14 +666,25 @@ class PgSession(RelaySession, asyncio.Protocol):
         role = "write" if level is Level.WRITE else "read"
         forwarded = {k: v for k, v in self.params.items() if k not in _NOT_FORWARDED_PARAMS}
         self._check_startup_settings(tuple(forwarded.items()))
-        if self.allowed_schemas is not None and "search_path" not in forwarded:
-            # Unqualified names resolve in the allowed schemas only (and pg_catalog, always first).
-            forwarded["search_path"] = ", ".join(
-                '"' + s.replace('"', '""') + '"' for s in self.allowed_schemas
-            )
+        # Unqualified names resolve in the allowed schemas only (and pg_catalog, always first).
+        # Given at login, the pinned path is also what RESET search_path / RESET ALL return to.
+        pinned_path = (
+            (("search_path", ", ".join('"' + s.replace('"', '""') + '"' for s in self.allowed_schemas)),)
+            if self.allowed_schemas is not None
+            else ()
+        )
+        if "search_path" not in forwarded:
+            forwarded.update(pinned_path)
         upstream_params = tuple(sorted(forwarded.items()))
         self.pool = self.f.pool(creds, role)
-        upstream = await self.pool.acquire(upstream_params)
+        self._pool_labels = (self.source, role)
+        if creds.view.pool_mode == "transaction":
+            # Shared connections log in with the source's own parameters only; the client's are
+            # settings carried to whichever connection serves it.
+            self.pooling = "transaction"
+            upstream = await self._first_checkout(self.pool, pinned_path, tuple(forwarded.items()))
+        else:
+            upstream = await self.pool.acquire(upstream_params)
         if self._closed:
             await self.pool.release(upstream)
             return
@@ -633,7 +692,6 @@ class PgSession(RelaySession, asyncio.Protocol):
         if pgp.python_encoding(client_encoding) is None:
             await self.pool.release(upstream)
             raise _unsupported_encoding(client_encoding)
-        self.upstream = upstream
         self.status = upstream.status
         self._follow_encoding(client_encoding)
         self.key = self.f.new_key(self)
@@ -643,7 +701,11 @@ class PgSession(RelaySession, asyncio.Protocol):
         hello += pgp.make_backend_key_data(*self.key)
         hello += pgp.make_ready_for_query(self.status)
         self.transport.write(hello)
-        upstream.attach(self)
+        if self.pooling == "transaction":
+            await self.pool.release(upstream, reset=False)
+        else:
+            self.upstream = upstream
+            upstream.attach(self)
         self._m = metrics.statement_metrics(PROTOCOL, self.source)
         tls = metrics.tls_label(self.on_tls)
         metrics.CLIENT_SESSIONS.labels(PROTOCOL, self.source, tls).inc()
@@ -654,7 +716,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         audit_login(self.f.audit, protocol=PROTOCOL, user=self.user, client=self.peer, source=self.source)
         if self.entry is not None:
             self.entry.user, self.entry.source, self.entry.state = self.user, self.source, IDLE
-        self.log.info("connected", level=level.value, role=role, tls=self.on_tls)
+        self.log.info("connected", level=level.value, role=role, tls=self.on_tls, pooling=self.pooling)
         self._process()
 
     def _check_startup_settings(self, params: tuple[tuple[str, str], ...]) -> None:
@@ -677,32 +739,49 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def _process(self) -> None:
         """Act on every whole client message received so far (unless a refusal is in progress)."""
-        if self._busy or self._closed:
+        if self._busy or self._closed or self._checkout is not None:
             return
         try:
             while (msg := self.reader.next_raw()) is not None:
                 type_byte, raw = msg
-                if self._discard:
-                    if type_byte == b"S":
-                        self._discard = False
-                        assert self.transport is not None
-                        self.transport.write(pgp.make_ready_for_query(self.status))
-                    elif type_byte == b"X":
-                        self._terminate()
-                        return
-                    continue
-                handler = _HANDLERS.get(type_byte)
-                if handler is None:
-                    raise pgp.ProtocolViolation(f"invalid frontend message type {type_byte!r}")
-                if handler(self, raw) is _STOP:
+                if (
+                    self.upstream is None
+                    and self.pooling == "transaction"
+                    and type_byte != b"X"
+                    and not self._discard
+                ):
+                    # Transaction pooling: every message is handled with the connection it goes to.
+                    self._deferred = (type_byte, raw)
+                    self._start_checkout()
+                    break
+                if self._handle(type_byte, raw) is _STOP:
                     break
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
             return
         self._flush()
 
+    def _handle(self, type_byte: bytes, raw: bytes) -> object:
+        if self._discard:  # after an error in a batch: nothing until the client's Sync
+            if type_byte == b"S":
+                self._discard = False
+                assert self.transport is not None
+                self.transport.write(pgp.make_ready_for_query(self.status))
+                self._maybe_check_in()
+            elif type_byte == b"X":
+                self._terminate()
+                return _STOP
+            return None
+        handler = _HANDLERS.get(type_byte)
+        if handler is None:
+            raise pgp.ProtocolViolation(f"invalid frontend message type {type_byte!r}")
+        return handler(self, raw)
+
     def _flush(self) -> None:
         out = self._out
+        if out and self.upstream is None and self.pooling == "transaction":
+            self._start_checkout()
+            return
         if out and self.upstream is not None:
             self.upstream.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
@@ -741,7 +820,7 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def _decide(self, c: Classification, text: str) -> Verdict:
         assert self.level is not None
-        outside = self._out_of_scope(c)
+        outside = self._out_of_scope(c) or _reserved_name(c)
         if outside is not None:
             verdict = Verdict(action=Action.DENY, kind=c.kind, reason=outside)
         else:
@@ -797,6 +876,8 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._end_open_batch()
             self._ext.simple()
             self._ext.forwarded(c)
+            self._track(c)
+            self._unnamed_unused = False  # a simple Query replaces the unnamed statement
             self._forward(raw)
             self._pending.append(_PASS)
             self._timing.append([(t0, verdict.kind)])
@@ -810,18 +891,78 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _on_parse(self, raw: bytes) -> object:
         parse = pgp.parse_parse(raw[5:], self._checked_encoding())
         name = raw[5 : raw.index(b"\x00", 5)]
-        self._ext.parse(name, parse.query, parse.param_types, classify_pg_cached(parse.query))
+        c = classify_pg_cached(parse.query)
+        if name and self.pooling == "transaction":
+            return self._parse_shared(name, raw[6 + len(name) :], parse, c)
+        self._ext.parse(name, parse.query, parse.param_types, c)
+        if not name:
+            self._unnamed_unused = True
         self._forward(raw)
         return None
+
+    def _parse_shared(self, name: bytes, tail: bytes, parse: pgp.Parse, c: Classification) -> object:
+        """Transaction pooling: the client's statement `name` is prepared on server connections
+        under a name derived from its text and parameter types, shared by every client of the
+        pool; a connection that has it already answers with a Close of nothing in its place."""
+        upstream = self.upstream
+        assert upstream is not None
+        if name in self._ext.statements:
+            shown = name.decode("utf-8", "replace")
+            return self._protocol_error("42P05", f'prepared statement "{shown}" already exists')
+        server = server_statement_name(self._encoding, tail)
+        if server in upstream.prepared:
+            upstream.prepared.move_to_end(server)
+            self._ext.parse(
+                name, parse.query, parse.param_types, c, server_name=server, parse_tail=tail,
+                edit=AS_PARSE_COMPLETE,
+            )  # fmt: skip
+            self._forward(_CLOSE_NOTHING)
+        else:
+            upstream.prepared[server] = None  # taken back if the server refuses it
+            self._ext.parse(
+                name, parse.query, parse.param_types, c, server_name=server, parse_tail=tail,
+                done=_prepared_on(upstream, server),
+            )  # fmt: skip
+            self._forward(_make_parse(server, tail))
+        return None
+
+    def _server_statement(self, name: bytes) -> bytes | None:
+        """Transaction pooling: the server name of the client's statement `name`, prepared on
+        the current connection first if it lacks it; None if the client has no such statement."""
+        entry = self._ext.statements.get(name)
+        upstream = self.upstream
+        assert upstream is not None
+        if entry is None or not entry.server_name:
+            return None
+        server = entry.server_name
+        if server in upstream.prepared:
+            upstream.prepared.move_to_end(server)
+        else:
+            upstream.prepared[server] = None
+            self._ext.prepare_again(_prepared_on(upstream, server))
+            self._forward(_make_parse(server, entry.parse_tail))
+        return server
 
     def _on_bind(self, raw: bytes) -> object:
         end_portal = raw.find(b"\x00", 5)
         end_statement = raw.find(b"\x00", end_portal + 1)
         if end_portal < 0 or end_statement < 0:
             raise pgp.ProtocolViolation("malformed Bind message")
-        self._ext.bind(raw[5:end_portal], raw[end_portal + 1 : end_statement], raw)
+        statement = raw[end_portal + 1 : end_statement]
+        if statement and self.pooling == "transaction":
+            server = self._server_statement(statement)
+            if server is None:
+                return self._no_such_statement(statement)
+            self._ext.bind(raw[5:end_portal], statement, raw)
+            self._forward(pgp.message(b"B", raw[5 : end_portal + 1] + server + raw[end_statement:]))
+            return None
+        self._ext.bind(raw[5:end_portal], statement, raw)
         self._forward(raw)
         return None
+
+    def _no_such_statement(self, name: bytes) -> object:
+        shown = name.decode("utf-8", "replace")
+        return self._protocol_error("26000", f'prepared statement "{shown}" does not exist')
 
     def _on_execute(self, raw: bytes) -> object:
         t0 = self._arrival()
@@ -844,6 +985,8 @@ class PgSession(RelaySession, asyncio.Protocol):
         verdict = self._decide(c, text)
         if verdict.action is Action.FORWARD:
             self._ext.forwarded(c)
+            self._track(c)
+            self._unnamed_unused = False
             self._forward(raw)
             self._batch.append((t0, verdict.kind))
             self._forwarded(t0)
@@ -872,6 +1015,10 @@ class PgSession(RelaySession, asyncio.Protocol):
         if len(body) < 2 or body[0:1] not in (b"S", b"P") or body.find(b"\x00", 1) != len(body) - 1:
             raise pgp.ProtocolViolation("malformed Close message")
         self._ext.close(body[0:1], body[1:-1])
+        if body[0:1] == b"S" and len(body) > 2 and self.pooling == "transaction":
+            # The client's name was never a server name; the shared statement stays prepared.
+            self._forward(_CLOSE_NOTHING)
+            return None
         self._forward(raw)
         return None
 
@@ -882,6 +1029,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         if verdict.action is Action.FORWARD:
             self._end_open_batch()
             self._ext.simple()
+            self._pin("a fast-path function call")
             self._forward(raw)
             self._pending.append(_PASS)
             self._timing.append([(t0, verdict.kind)])
@@ -889,9 +1037,18 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False, t0=t0)
         return _STOP
 
-    def _on_extended(self, raw: bytes) -> object:
+    def _on_describe(self, raw: bytes) -> object:
         """Describe: forwarded; it belongs to the open extended batch (or opens one)."""
         self._ext.extended()
+        body = raw[5:]
+        if len(body) < 2 or body[0:1] not in (b"S", b"P") or body.find(b"\x00", 1) != len(body) - 1:
+            raise pgp.ProtocolViolation("malformed Describe message")
+        if body[0:1] == b"S" and len(body) > 2 and self.pooling == "transaction":
+            server = self._server_statement(body[1:-1])
+            if server is None:
+                return self._no_such_statement(body[1:-1])
+            self._forward(pgp.make_describe(b"S", server))
+            return None
         self._forward(raw)
         return None
 
@@ -921,11 +1078,15 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._settled = None
             self._busy = False
             self._resume("settle")
+        self._run_deferred()
+
+    def _run_deferred(self) -> None:
+        """Handle the message that waited (for replies, or for a connection), then read on."""
         deferred, self._deferred = self._deferred, None
         if deferred is not None and not self._closed:
-            type_byte, raw = deferred
             try:
-                if _HANDLERS[type_byte](self, raw) is _STOP:
+                if self._handle(*deferred) is _STOP:
+                    self._flush()
                     return
             except pgp.ProtocolViolation as exc:
                 self._fatal(exc)
@@ -945,6 +1106,149 @@ class PgSession(RelaySession, asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    # ------------------------------------------------------------------ transaction pooling
+
+    async def _first_checkout(
+        self,
+        pool: Pool[UpstreamConnection],
+        shared: tuple[tuple[str, str], ...],
+        params: tuple[tuple[str, str], ...],
+    ) -> UpstreamConnection:
+        """At login: a pooled connection (opened with the `shared` parameters every client of the
+        source has) with the client's startup settings applied; what it reads back is the client's
+        session settings from then on (canonical names and values)."""
+        self._shared_params = shared
+        upstream = await pool.acquire(shared)
+        try:
+            wanted = dict(upstream.base_settings)
+            wanted.update(startup_settings(params))
+            await upstream.apply_settings(wanted)
+        except BaseException:
+            await pool.release(upstream, reusable=False)
+            raise
+        self.settings = dict(upstream.settings)
+        return upstream
+
+    def _start_checkout(self) -> None:
+        """Messages are waiting for an upstream: get one (reading from the client pauses)."""
+        if self._checkout is not None or self._closed:
+            return
+        self._pause("checkout")
+        self._checkout = asyncio.get_running_loop().create_task(self._check_out())
+
+    async def _check_out(self) -> None:
+        pool = self.pool
+        assert pool is not None
+        try:
+            if self._checkin is not None:  # the last transaction's settings are still being read
+                await asyncio.shield(self._checkin)
+            wanted = self.settings
+            upstream = await pool.acquire(self._shared_params, prefer=lambda conn: conn.settings == wanted)
+            try:
+                if upstream.settings != wanted:
+                    metrics.POOL_SETTINGS_APPLIED.labels(*self._pool_labels).inc()
+                    await upstream.apply_settings(wanted)
+            except BaseException:
+                await pool.release(upstream, reusable=False)
+                raise
+        except QueryBaseError as exc:
+            self._checkout = None
+            self._fatal(exc)
+            return
+        except asyncio.CancelledError:
+            self._checkout = None
+            raise
+        except Exception as exc:  # a bug must end this session only, with a clear line
+            self.log.exception("checkout_crashed")
+            self._checkout = None
+            self._fatal(
+                QueryBaseError(f"internal error getting an upstream connection: {type(exc).__name__}")
+            )
+            return
+        self._checkout = None
+        if self._closed:
+            await pool.release(upstream, reset=False)
+            return
+        self.upstream = upstream
+        upstream.attach(self)
+        self._resume("checkout")
+        self._flush()
+        self._run_deferred()
+
+    def _maybe_check_in(self) -> None:
+        if self.pooling == "transaction" and self.status == b"I" and not self._pending:
+            self._check_in()
+
+    def _check_in(self) -> None:
+        """ReadyForQuery 'I' with nothing else owed: give the upstream back to the pool, unless the
+        client keeps it (pinned), has an extended batch open, or QueryBase has messages for it."""
+        upstream, pool = self.upstream, self.pool
+        if (
+            upstream is None
+            or pool is None
+            or self.pinned is not None
+            or self._unnamed_unused
+            or self._ext.batch_open
+            or self._out
+            or self._deferred is not None
+            or self._closed
+        ):
+            return
+        # Portals, cursors and the unnamed statement stay with that server connection.
+        try:
+            self._ext.new_connection()
+        except Desync as exc:
+            self._fatal(pgp.ProtocolViolation(f"QueryBase lost track of the upstream's replies: {exc}"))
+            return
+        self.upstream = None
+        upstream.detach()
+        dirty, self._settings_dirty = self._settings_dirty, False
+        self._checkin = asyncio.get_running_loop().create_task(self._give_back_between(upstream, pool, dirty))
+
+    async def _give_back_between(
+        self, upstream: UpstreamConnection, pool: Pool[UpstreamConnection], dirty: bool
+    ) -> None:
+        try:
+            if dirty:
+                self.settings = dict(await upstream.read_settings())
+            if len(upstream.prepared) > MAX_SERVER_STATEMENTS:
+                await upstream.forget_prepared(len(upstream.prepared) - MAX_SERVER_STATEMENTS * 3 // 4)
+        except (QueryBaseError, TimeoutError) as exc:
+            await pool.release(upstream, reusable=False)
+            self._fatal(
+                QueryBaseError(f"lost track of the session's settings: {getattr(exc, 'message', exc)}")
+            )
+            return
+        except BaseException:
+            await pool.release(upstream, reusable=False)
+            raise
+        finally:
+            self._checkin = None
+        await pool.release(upstream, reset=False)
+
+    def _track(self, c: Classification) -> None:
+        """A statement goes upstream: in transaction mode, note whether it changes session
+        settings (read back before the connection is given back) or pins the client."""
+        if self.pooling != "transaction":
+            return
+        if "deallocate:*" in c.names and self.upstream is not None:
+            self.upstream.prepared.clear()  # DEALLOCATE ALL / DISCARD ALL drop the shared ones too
+        if self.pinned is not None:
+            return
+        why = pin_reason(c)
+        if why is not None:
+            self._pin(why)
+        elif c.kind is Kind.SESSION or SETTINGS in c.names:
+            self._settings_dirty = True
+
+    def _pin(self, why: str) -> None:
+        if self.pinned is not None or self.pooling != "transaction":
+            return
+        self.pinned = why
+        metrics.POOL_PINNED.labels(*self._pool_labels).inc()
+        metrics.POOL_PINS.labels(*self._pool_labels, _pin_label(why)).inc()
+        self.log.info("session_pinned", reason=why)
+
     # ---------------------------------------------------------------------- hold and deny
 
     def _end_open_batch(self) -> None:
@@ -962,24 +1266,53 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._batch = []
         self._special += 1
 
-    def _refuse(self, verdict: Verdict, draft: HeldStatementDraft, *, extended: bool, t0: float) -> None:
-        draft = dataclasses.replace(draft, classification=as_decided(draft.classification, verdict))
+    def _refuse(
+        self,
+        verdict: Verdict,
+        draft: HeldStatementDraft | None,
+        *,
+        extended: bool,
+        t0: float,
+        error: bytes | None = None,
+    ) -> None:
+        """Answer a statement (or, with `error`, an extended message) in place of the server:
+        the error, then — as after any error in a batch — nothing until the client's Sync."""
+        if draft is not None:
+            draft = dataclasses.replace(draft, classification=as_decided(draft.classification, verdict))
+        self._unnamed_unused = False  # a client re-parses after an error
         self._busy = True
         self._pause("refuse")
+        batch = self._ext.open_batch if extended else None
         self._end_open_batch()
         self._flush()
-        self._spawn(self._finish_refusal(verdict, draft, extended, t0))
+        self._spawn(self._finish_refusal(verdict, draft, extended, t0, batch, error))
+
+    def _protocol_error(self, sqlstate: str, message: str) -> object:
+        """An extended message the server would reject (QueryBase answers it, transaction
+        pooling): the same error, and the rest of the batch skipped."""
+        verdict = Verdict(action=Action.DENY, kind=Kind.UNKNOWN, reason=message)
+        self._refuse(verdict, None, extended=True, t0=0.0, error=pgp.make_error("ERROR", sqlstate, message))
+        return _STOP
 
     async def _finish_refusal(
-        self, verdict: Verdict, draft: HeldStatementDraft, extended: bool, t0: float
+        self,
+        verdict: Verdict,
+        draft: HeldStatementDraft | None,
+        extended: bool,
+        t0: float,
+        batch: Batch | None = None,
+        protocol_error: bytes | None = None,
     ) -> None:
         request_id: int | None = None
         try:
-            try:
-                error, request_id = await self._refusal_error(verdict, draft)
-            except pgp.ProtocolViolation as exc:  # the held Execute's Bind was malformed
-                self._fatal(exc)
-                return
+            if protocol_error is not None or draft is None:
+                error = protocol_error or b""
+            else:
+                try:
+                    error, request_id = await self._refusal_error(verdict, draft)
+                except pgp.ProtocolViolation as exc:  # the held Execute's Bind was malformed
+                    self._fatal(exc)
+                    return
             await self._upstream_idle()
             assert self.transport is not None
             if request_id is not None and self.status == b"I" and self.hold_wait > 0 and self.f.changes:
@@ -996,18 +1329,24 @@ class PgSession(RelaySession, asyncio.Protocol):
                 self._ext.simple()
                 self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
                 await self._upstream_idle()
+            if extended and verdict.action is Action.DENY and batch is not None and batch.errored:
+                # The server rejected an earlier message of this batch and skipped the rest, the
+                # refused Execute included: its error is the one the client gets, as without QueryBase.
+                error = b""
             if extended:
                 self.transport.write(error)
                 self._discard = True
             else:
                 self.transport.write(error + pgp.make_ready_for_query(self.status))
-            self._refused(verdict, t0, request_id)
+            if protocol_error is None:
+                self._refused(verdict, t0, request_id)
         finally:
             self._busy = False
             self._resume("refuse")
         if self.f.draining:
             self.end_if_idle()
             return
+        self._maybe_check_in()
         self._process()
 
     async def _wait_for_decision(self, request_id: int, extended: bool) -> bytes:
@@ -1160,6 +1499,76 @@ def startup_settings(params: tuple[tuple[str, str], ...]) -> list[tuple[str, str
     return out
 
 
+def server_statement_name(encoding: str, tail: bytes) -> bytes:
+    """The shared server-side name of a statement, from the client encoding its text is read in
+    and its Parse body after the name (text and parameter types as sent): the same bytes are
+    another text in another encoding. 224 bits of SHA-256, so no client can make two statements
+    share one, within PostgreSQL's 63-byte names."""
+    digest = hashlib.sha256(encoding.encode() + b"\x00" + tail).hexdigest()[:56]
+    return SERVER_STATEMENT_PREFIX + digest.encode()
+
+
+def _reserved_name(c: Classification) -> str | None:
+    """SQL PREPARE, EXECUTE and DEALLOCATE of a name in QueryBase's server-side namespace are
+    refused: they could swap what a shared statement runs."""
+    names = [item.partition(":")[2] for item in c.names if ":" in item]
+    if c.executes is not None:
+        names.append(c.executes)
+    prefix = SERVER_STATEMENT_PREFIX.decode()
+    for name in names:
+        if name.startswith(prefix):
+            return f'names beginning with "{prefix}" are reserved by QueryBase'
+    return None
+
+
+def _make_parse(name: bytes, tail: bytes) -> bytes:
+    return pgp.message(b"P", name + b"\x00" + tail)
+
+
+def _prepared_on(upstream: UpstreamConnection, server: bytes) -> Callable[[bool], None]:
+    """Forget `server` on `upstream` if the server did not prepare it after all."""
+
+    def done(ok: bool) -> None:
+        if not ok:
+            upstream.prepared.pop(server, None)
+
+    return done
+
+
+def pin_reason(c: Classification) -> str | None:
+    """Why a forwarded statement keeps a transaction-pooled client on its server connection for
+    good, or None: what it leaves in the session cannot be carried to another connection."""
+    if c.pins:
+        return c.pins[0]
+    if c.unvetted:
+        return f"a call of {c.unvetted[0]}(), which QueryBase cannot see into"
+    if c.kind in (Kind.UNKNOWN, Kind.PRIVILEGED):
+        return f"a {c.kind.value} statement ({c.reason or 'not classified'})"
+    return None
+
+
+_PIN_LABELS = {
+    "a temporary": "temp_object",
+    "the pg_temp": "temp_object",
+    "LISTEN": "listen",
+    "a session-level advisory": "advisory_lock",
+    "a WITH HOLD": "hold_cursor",
+    "a SQL prepared": "sql_prepare",
+    "a DO block": "do_block",
+    "LOAD": "load",
+    "a call of": "function",
+    "a fast-path": "function",
+}
+
+
+def _pin_label(why: str) -> str:
+    """The metric label for a pin reason (a fixed set)."""
+    for prefix, label in _PIN_LABELS.items():
+        if why.startswith(prefix):
+            return label
+    return "opaque_statement"
+
+
 def _unsupported_encoding(pg_name: str) -> pgp.ProtocolViolation:
     return pgp.ProtocolViolation(
         f"client_encoding {pg_name} is not supported through QueryBase (its multibyte characters can "
@@ -1233,6 +1642,12 @@ class HeldStatementDraft:
 
 
 _STOP = object()
+_PARSE_COMPLETE = b"1\x00\x00\x00\x04"
+# Transaction pooling: server-side statement names start with this (SQL names that do are refused).
+SERVER_STATEMENT_PREFIX = b"_qb_"
+MAX_SERVER_STATEMENTS = 250  # per server connection; the oldest are deallocated beyond it
+# A Close of a statement that never exists: the server answers CloseComplete and does nothing.
+_CLOSE_NOTHING = pgp.make_close(b"S", SERVER_STATEMENT_PREFIX + b"none")
 _PASS, _DROP_Z, _DROP_ALL = 0, 1, 2  # what to do with the upstream's reply up to a ReadyForQuery
 _ABORT_TRANSACTION = "DO $$BEGIN RAISE EXCEPTION 'statement refused by QueryBase'; END$$"
 _HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
@@ -1242,7 +1657,7 @@ _HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
     b"E": PgSession._on_execute,
     b"S": PgSession._on_sync,
     b"C": PgSession._on_close,
-    b"D": PgSession._on_extended,
+    b"D": PgSession._on_describe,
     b"H": PgSession._on_forward,  # Flush: no reply, and it neither opens nor ends a batch
     b"d": PgSession._on_forward,
     b"c": PgSession._on_forward,

@@ -8,6 +8,7 @@ goes straight to the client session's `upstream_data()`, untouched.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import cast
 
 from proxy.errors import QueryBaseError
@@ -18,6 +19,13 @@ from proxy.tlsfiles import tls_required
 
 CONNECT_TIMEOUT = 10.0  # for the cancel connection
 RESET_TIMEOUT = 10.0
+# A connection's session settings: everything a client (startup packet) or the session (SET,
+# set_config, RESET…) set, by canonical name, as text SET accepts back. Transaction pooling reads it
+# after a transaction that may have changed settings and carries it to the next connection.
+_SETTINGS_SQL = (
+    "SELECT name, setting FROM pg_catalog.pg_settings WHERE source IN ('client', 'session') ORDER BY name"
+)
+READ_ONLY_SETTING = "default_transaction_read_only"
 
 
 class UpstreamError(QueryBaseError):
@@ -43,6 +51,13 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
         self.status = b"I"
         self.on_tls = False
         self._sasl_final = b""
+        # The session settings this connection has now, and those it had right after login (what
+        # RESET returns to); transaction pooling carries a client's settings between connections.
+        self.settings: dict[str, str] = {}
+        self.base_settings: dict[str, str] = {}
+        # Statements prepared here under their shared server names (transaction pooling), least
+        # recently used first.
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -68,11 +83,80 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                 self.backend_pid, self.backend_key = pgp.parse_backend_key_data(body)
             elif type_byte == b"Z":
                 self.status = body[:1]
-                return
+                break
             elif type_byte == b"E":
                 raise self._error(body)
             elif type_byte not in (b"N", b"v"):
                 raise UpstreamError(f"unexpected upstream message {type_byte!r} during login")
+        # What RESET returns to (transaction pooling carries settings from connection to connection).
+        self.base_settings = await self.read_settings()
+
+    # ---------------------------------------------------------------- transaction pooling
+
+    async def read_settings(self) -> dict[str, str]:
+        """The session settings this connection has now (one round trip); also kept in `settings`."""
+        async with asyncio.timeout(RESET_TIMEOUT):
+            rows = await self._simple(_SETTINGS_SQL)
+        self.settings = self._checked(self._decoded(rows))
+        return self.settings
+
+    async def apply_settings(self, wanted: dict[str, str]) -> None:
+        """Make this connection's session settings `wanted` in one round trip: RESET what it has
+        and `wanted` lacks, set_config what differs, then read back what took."""
+        encoding = wanted.get("client_encoding")
+        if encoding is not None and encoding != self.settings.get("client_encoding"):
+            # The rest of the text is read in the new encoding: change it in a message of its own.
+            async with asyncio.timeout(RESET_TIMEOUT):
+                await self._simple(
+                    f"SELECT pg_catalog.set_config('client_encoding', {_literal(encoding)}, false)"
+                )
+            self.settings["client_encoding"] = encoding
+        resets = [name for name in self.settings if name not in wanted and name not in self.base_settings]
+        changes = [(n, v) for n, v in wanted.items() if self.settings.get(n) != v]
+        sql = "".join(f"RESET {_ident(name)}; " for name in resets)
+        if changes:
+            sql += "SELECT " + ", ".join(
+                f"pg_catalog.set_config({_literal(n)}, {_literal(v)}, false)" for n, v in changes
+            )
+            sql += "; "
+        async with asyncio.timeout(RESET_TIMEOUT):
+            rows = await self._simple(sql + _SETTINGS_SQL)
+        self.settings = self._checked(self._decoded(rows))
+
+    async def forget_prepared(self, count: int) -> None:
+        """DEALLOCATE the `count` least recently used shared statements (one round trip)."""
+        names = list(self.prepared)[:count]
+        if not names:
+            return
+        sql = "".join(f"DEALLOCATE {_ident(n.decode('ascii'))}; " for n in names)
+        async with asyncio.timeout(RESET_TIMEOUT):
+            await self._simple(sql)
+        for name in names:
+            self.prepared.pop(name, None)
+
+    def _encoding(self) -> str:
+        return pgp.python_encoding(self.parameter_status.get("client_encoding", "UTF8")) or "utf-8"
+
+    def _decoded(self, rows: list[list[bytes | None]]) -> dict[str, str]:
+        """(name, setting) rows, in the client encoding the connection has after the query."""
+        encoding = self._encoding()
+        return {
+            (r[0] or b"").decode(encoding, "replace"): (r[1] or b"").decode(encoding, "replace") for r in rows
+        }
+
+    def _checked(self, settings: dict[str, str]) -> dict[str, str]:
+        """The read-only backstop: a read-role connection whose settings are not read-only is
+        never used again."""
+        if self.target.read_only and (
+            settings.get(READ_ONLY_SETTING) != "on"
+            or self.parameter_status.get(READ_ONLY_SETTING, "on") != "on"
+        ):
+            self.close()
+            raise UpstreamError(
+                f"upstream of source {self.target.source!r} stopped being read-only "
+                f"({READ_ONLY_SETTING}={settings.get(READ_ONLY_SETTING, 'default')})"
+            )
+        return settings
 
     async def _negotiate_tls(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._transport is not None
@@ -156,14 +240,22 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                 await self._simple("DISCARD ALL")
         except (TimeoutError, QueryBaseError):
             return False
+        self.settings = dict(self.base_settings)  # DISCARD ALL is a RESET ALL
+        self.prepared.clear()  # and a DEALLOCATE ALL
         return self.status == b"I"
 
-    async def _simple(self, sql: str) -> None:
-        self.transport.write(pgp.make_query(sql))
+    async def _simple(self, sql: str) -> list[list[bytes | None]]:
+        """Run `sql` as one simple Query in control mode: the rows of its last result, or the error."""
+        self.transport.write(pgp.make_query(sql, self._encoding()))
         failed: UpstreamError | None = None
+        rows: list[list[bytes | None]] = []
         while True:
             type_byte, body = await self._protocol.read()
-            if type_byte == b"S":
+            if type_byte == b"D":
+                rows.append(pgp.parse_data_row(body))
+            elif type_byte == b"T":
+                rows = []
+            elif type_byte == b"S":
                 name, value = pgp.parse_parameter_status(body)
                 self.parameter_status[name] = value
             elif type_byte == b"E":
@@ -172,7 +264,7 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                 self.status = body[:1]
                 if failed is not None:
                     raise failed
-                return
+                return rows
 
     async def stop_running(self) -> None:
         """Ask the upstream to cancel whatever this connection is running (a new connection)."""
@@ -194,3 +286,12 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                 self._transport.write(pgp.TERMINATE)
             finally:
                 self._transport.close()
+
+
+def _literal(text: str) -> str:
+    """A string constant (QueryBase keeps standard_conforming_strings on: backslashes are plain)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -27,14 +27,20 @@ LIFT = b"SELECT set_config('transaction_read_only', 'off', true)"
 UPDATE = b"UPDATE items SET name = 'pwned' RETURNING id"
 
 
-@pytest.fixture(scope="module")
-def gateway(pg_server: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def gateway(
+    pg_server: PostgresCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    """Every attack runs against a source in each pool mode."""
     setup_items(pg_server)
-    with running_gateway(pg_server, tmp_path_factory.mktemp("adv-pg") / "qb", tls_mode="disable") as gw:
+    with running_gateway(
+        pg_server, tmp_path_factory.mktemp("adv-pg") / "qb", tls_mode="disable", pool_mode=request.param
+    ) as gw:
         env = {"OPEN_PW": PG_PASSWORDS["qb_scram"]}
         cli(
             gw.config,
             *("source", "add", OPEN, "--engine", "postgresql", "--host", pg_server.host),
+            *("--pool-mode", request.param),
             *("--port", str(pg_server.port), "--database", "qbtest", "--user", "qb_scram"),
             *("--password-env", "OPEN_PW", "--tls", "disable"),
             env=env,

@@ -20,8 +20,11 @@ pytestmark = pytest.mark.integration
 SCOPED = "scoped"
 
 
-@pytest.fixture(scope="module")
-def gateway(pg_server: PostgresCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["transaction", "session"])
+def gateway(
+    pg_server: PostgresCluster, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Gateway]:
+    """Every attack runs against a source in each pool mode."""
     setup_items(pg_server)
     pg_server.execute_sql(
         "DROP SCHEMA IF EXISTS secret CASCADE; CREATE SCHEMA secret; "
@@ -30,10 +33,13 @@ def gateway(pg_server: PostgresCluster, tmp_path_factory: pytest.TempPathFactory
         "GRANT USAGE ON SCHEMA secret TO qb_reader, qb_scram; "
         "GRANT SELECT ON ALL TABLES IN SCHEMA secret TO qb_reader, qb_scram;"
     )
-    with running_gateway(pg_server, tmp_path_factory.mktemp("adv-schemas") / "qb", tls_mode="disable") as gw:
+    with running_gateway(
+        pg_server, tmp_path_factory.mktemp("adv-schemas") / "qb", tls_mode="disable", pool_mode=request.param
+    ) as gw:
         cli(
             gw.config,
             *("source", "add", SCOPED, "--engine", "postgresql", "--host", pg_server.host),
+            *("--pool-mode", request.param),
             *("--port", str(pg_server.port), "--database", "qbtest", "--user", "qb_reader"),
             *("--password-env", "READ_PW", "--tls", "disable"),
             env={"READ_PW": PG_PASSWORDS["qb_reader"]},

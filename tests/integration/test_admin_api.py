@@ -599,6 +599,7 @@ def test_sources_round_trip_and_test_against_postgresql(api: Admin, pg_server: P
     assert "write_password" not in created
     assert created["read_password_set"] is True
     assert created["write_password_set"] is True
+    assert created["pool_mode"] == "transaction"  # the default for PostgreSQL sources
     assert (created["approvals_required"], created["allowed_schemas"], created["tls"]) == (
         2,
         ["public"],
@@ -632,6 +633,7 @@ def test_sources_round_trip_and_test_against_postgresql(api: Admin, pg_server: P
             "read_password": PG_PASSWORDS["qb_reader"],
             "write_user": None,
             "pool_size": 3,
+            "pool_mode": "session",
             "block_ddl": True,
             "ddl_approvals_required": 3,
             "hold_wait_seconds": 5,
@@ -645,6 +647,7 @@ def test_sources_round_trip_and_test_against_postgresql(api: Admin, pg_server: P
     updated = r.json()
     assert (updated["write_user"], updated["write_password_set"]) == (None, False)
     assert (updated["pool_size"], updated["block_ddl"], updated["ddl_approvals_required"]) == (3, True, 3)
+    assert updated["pool_mode"] == "session"
     assert (updated["hold_wait_seconds"], updated["request_ttl_seconds"], updated["tls"]) == (
         5,
         3600,

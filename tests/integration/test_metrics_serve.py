@@ -240,10 +240,12 @@ def test_metrics_move_exactly_with_real_traffic(gateway: Gateway, receiver: Webh
     assert delta("querybase_statement_duration_seconds_count", **my, verdict="hold") == 1
     assert delta("querybase_statement_duration_seconds_bucket", **pg, verdict="forward", le="+Inf") == 1
 
-    # Pools: every session checked out one read connection; all are back and idle.
+    # Pools: `shop` pools by transaction: one checkout per login (4) and one per transaction (4:
+    # a refused statement too, it is decided on the connection it would run on); the MySQL source
+    # by session: one per session. All are back and idle.
     shop_read = {"source": SOURCE, "role": "read"}
     my_read = {"source": MY_SOURCE, "role": "read"}
-    assert delta("querybase_pool_checkout_wait_seconds_count", **shop_read) == 4
+    assert delta("querybase_pool_checkout_wait_seconds_count", **shop_read) == 8
     assert delta("querybase_pool_checkout_wait_seconds_count", **my_read) == 3
     assert get(after, "querybase_pool_in_use_connections", **shop_read) == 0
     assert get(after, "querybase_pool_idle_connections", **shop_read) >= 1

@@ -9,8 +9,6 @@ writes are denied (42501); a `write` user's writes run.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -21,8 +19,18 @@ import psycopg
 import pytest
 from psycopg.types.numeric import Int4
 
-from tests.support.localdb import PG_PASSWORDS, PostgresCluster, find_pg_bindir
-from tests.support.pgfront import ITEMS, SOURCE, Gateway, running_gateway, setup_items
+from tests.support.localdb import PostgresCluster
+from tests.support.pgfront import (
+    ITEMS,
+    SOURCE,
+    Gateway,
+    client_env,
+    pg_program,
+    pgbench_select_only,
+    pgbench_tables,
+    running_gateway,
+    setup_items,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -51,19 +59,6 @@ def scratch_ids(gateway: Gateway) -> Iterator[None]:
     gateway.admin_sql("DELETE FROM items WHERE id >= 1000")
 
 
-def _program(name: str) -> str:
-    found = shutil.which(name) or str(find_pg_bindir() / name)
-    if not Path(found).is_file():
-        pytest.skip(f"{name} is not installed")
-    return found
-
-
-def client_env(password: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update({"PGPASSWORD": password, "LC_ALL": "C.UTF-8", "PGCONNECT_TIMEOUT": "10"}, **extra)
-    return env
-
-
 # ------------------------------------------------------------------------------------ psql
 
 
@@ -72,7 +67,7 @@ def psql(
 ) -> subprocess.CompletedProcess[str]:
     conninfo = gw.conninfo(user, sslmode=sslmode, **options).replace(f"password='{gw.passwords[user]}'", "")
     return subprocess.run(
-        [_program("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", conninfo, *args],
+        [pg_program("psql"), "-X", "-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-d", conninfo, *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -173,9 +168,12 @@ def test_psycopg_prepared_statement_reused(gateway: Gateway) -> None:
             cur.execute("SELECT name FROM items WHERE id = %s", (i,), prepare=True)
             names.append(cur.fetchone())
         assert names == [(n,) for _, n in ITEMS] + [None]
-        # psycopg prepared it server-side under its own name; the upstream session has it.
+        # psycopg prepared it as `_pg3_0`; the source pools by transaction, so the server
+        # connection has it under QueryBase's shared name (docs/pooling.md).
         prepared = conn.execute("SELECT name, statement FROM pg_prepared_statements").fetchall()
-        assert ("_pg3_0", "SELECT name FROM items WHERE id = $1") in prepared
+        assert [name[:4] for name, text in prepared if text == "SELECT name FROM items WHERE id = $1"] == [
+            "_qb_"
+        ]
 
 
 def test_psycopg_pipeline(gateway: Gateway) -> None:
@@ -413,40 +411,16 @@ def test_pg8000(gateway: Gateway) -> None:
 
 
 @pytest.fixture(scope="module")
-def pgbench_tables(gateway: Gateway, pg_server: PostgresCluster) -> Iterator[None]:
-    """pgbench's tables at scale 1, made directly on the server; readable by qb_reader."""
-    admin = ["-U", "qb_admin", "qbtest"]
-    result = subprocess.run(
-        [_program("pgbench"), "-i", "-s", "1", "-q", "-h", pg_server.host, "-p", str(pg_server.port), *admin],
-        capture_output=True,
-        text=True,
-        env=client_env(PG_PASSWORDS["qb_admin"]),
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    tables = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
-    gateway.admin_sql(f"GRANT SELECT ON {tables} TO qb_reader")
-    yield
-    gateway.admin_sql(f"DROP TABLE IF EXISTS {tables}")
+def pgbench_ready(gateway: Gateway, pg_server: PostgresCluster) -> Iterator[None]:
+    with pgbench_tables(pg_server):
+        yield
 
 
-@pytest.mark.usefixtures("pgbench_tables")
+@pytest.mark.usefixtures("pgbench_ready")
 @pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
 def test_pgbench_select_only(gateway: Gateway, mode: str) -> None:
-    target = ["-h", gateway.host, "-p", str(gateway.port), "-U", "carol", SOURCE]
-    result = subprocess.run(
-        [_program("pgbench"), "-n", "-S", "-t", "200", "-c", "2", "-M", mode, *target],
-        capture_output=True,
-        text=True,
-        env=client_env(gateway.passwords["carol"]),
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert f"query mode: {mode}" in result.stdout
-    assert "number of transactions actually processed: 400/400" in result.stdout, result.stdout
-    assert "number of failed transactions: 0 (0.000%)" in result.stdout
+    output = pgbench_select_only(gateway, SOURCE, clients=2, transactions=200, mode=mode)
+    assert f"query mode: {mode}" in output
 
 
 # ---------------------------------------------------------------- every driver, TLS on and off

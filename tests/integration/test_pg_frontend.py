@@ -379,8 +379,13 @@ def test_upstream_killed_mid_query_gives_an_error(gateway: Gateway) -> None:
 
 
 def test_pool_exhaustion_is_53300_after_the_pool_timeout(gateway: Gateway) -> None:
+    """The tiny source pools by transaction: a client holds its one connection only inside a
+    transaction, and a login waiting for it meanwhile ends after the pool timeout."""
     with connect(gateway, "carol", dbname=TINY_SOURCE) as holder:
         assert scalar(holder, "SELECT 1") == 1
+        with connect(gateway, "carol", dbname=TINY_SOURCE) as between:  # no transaction open: shared
+            assert scalar(between, "SELECT 10") == 10
+        holder.execute("BEGIN")
         started = time.monotonic()
         with (
             RawPg(gateway.host, gateway.port, timeout=TINY_POOL_TIMEOUT + 10) as raw,
@@ -391,6 +396,7 @@ def test_pool_exhaustion_is_53300_after_the_pool_timeout(gateway: Gateway) -> No
         assert (caught.value.fields["S"], caught.value.sqlstate) == ("FATAL", "53300")
         assert TINY_POOL_TIMEOUT - 0.5 <= waited < TINY_POOL_TIMEOUT + 5
         assert scalar(holder, "SELECT 2") == 2  # the holder is unaffected
+        holder.execute("COMMIT")
     # Released: the next client gets the connection.
     with connect(gateway, "carol", dbname=TINY_SOURCE) as conn:
         assert scalar(conn, "SELECT 3") == 3

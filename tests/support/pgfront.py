@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
 import socket
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from proxy.pg import protocol as pgp
 from proxy.pg.scram import ScramClient
-from tests.support.localdb import PG_PASSWORDS, PostgresCluster
+from tests.support.localdb import PG_PASSWORDS, PostgresCluster, find_pg_bindir
 from tests.support.querybase import ServeProcess, init_home, run_cli_in_process, start_serve
 
 SOURCE = "shop"
@@ -68,7 +73,9 @@ def listen_port(config: Path, section: str = "postgres") -> int:
     return int(address.rpartition(":")[2])
 
 
-def provision(config: Path, pg: PostgresCluster, users: Iterable[str] | None = None) -> None:
+def provision(
+    config: Path, pg: PostgresCluster, users: Iterable[str] | None = None, pool_mode: str = "transaction"
+) -> None:
     """Sources `shop` and `tiny` on pg's qbtest, the USERS (or some) with their groups and grants."""
     chosen = {name: USERS[name] for name in (USERS if users is None else users)}
     env = {
@@ -83,6 +90,7 @@ def provision(config: Path, pg: PostgresCluster, users: Iterable[str] | None = N
             *("source", "add", name, "--engine", "postgresql", "--host", pg.host, "--port", str(pg.port)),
             *("--database", "qbtest", "--user", "qb_reader", "--password-env", "READ_PW"),
             *("--write-user", "qb_scram", "--write-password-env", "WRITE_PW", "--tls", "disable"),
+            *("--pool-mode", pool_mode),
             *extra,
             env=env,
         )
@@ -177,13 +185,74 @@ def setup_items(pg: PostgresCluster) -> None:
     pg.execute_sql(TABLE_SQL)
 
 
+def pg_program(name: str) -> str:
+    """A PostgreSQL client program (psql, pgbench); the test is skipped if it is not installed."""
+    found = shutil.which(name) or str(find_pg_bindir() / name)
+    if not Path(found).is_file():
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def client_env(password: str, **extra: str) -> dict[str, str]:
+    """The environment for a libpq program: no inherited PG* variables, the password given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update({"PGPASSWORD": password, "LC_ALL": "C.UTF-8", "PGCONNECT_TIMEOUT": "10"}, **extra)
+    return env
+
+
+def pgbench_select_only(gw: Gateway, source: str, *, clients: int, transactions: int, mode: str) -> str:
+    """Run `pgbench -S` as carol through QueryBase; assert every transaction succeeded; its output."""
+    target = ["-h", gw.host, "-p", str(gw.port), "-U", "carol", source]
+    result = subprocess.run(
+        [pg_program("pgbench"), "-n", "-S", "-t", str(transactions), "-c", str(clients), "-M", mode, *target],
+        capture_output=True,
+        text=True,
+        env=client_env(gw.passwords["carol"]),
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    total = clients * transactions
+    assert f"number of transactions actually processed: {total}/{total}" in result.stdout, result.stdout
+    assert "number of failed transactions: 0 (0.000%)" in result.stdout
+    return result.stdout
+
+
+PGBENCH_TABLES = "pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history"
+
+
+@contextlib.contextmanager
+def pgbench_tables(pg: PostgresCluster) -> Iterator[None]:
+    """pgbench's tables at scale 1, made directly on the server, readable by qb_reader; dropped after."""
+    where = ["-h", pg.host, "-p", str(pg.port), "-U", "qb_admin", "qbtest"]
+    result = subprocess.run(
+        [pg_program("pgbench"), "-i", "-s", "1", "-q", *where],
+        capture_output=True,
+        text=True,
+        env=client_env(PG_PASSWORDS["qb_admin"]),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    pg.execute_sql(f"GRANT SELECT ON {PGBENCH_TABLES} TO qb_reader")
+    try:
+        yield
+    finally:
+        pg.execute_sql(f"DROP TABLE IF EXISTS {PGBENCH_TABLES}")
+
+
 @contextlib.contextmanager
 def running_gateway(
-    pg: PostgresCluster, home: Path, *, tls_mode: str = "allow", users: Iterable[str] | None = None
+    pg: PostgresCluster,
+    home: Path,
+    *,
+    tls_mode: str = "allow",
+    users: Iterable[str] | None = None,
+    pool_mode: str = "transaction",
 ) -> Iterator[Gateway]:
     """Provision a QueryBase home (all USERS, or `users`), start `querybase serve`, stop it afterwards."""
     config = init_home(home, tls_mode=tls_mode)
-    provision(config, pg, users)
+    provision(config, pg, users, pool_mode)
     serve = start_serve(config)
     try:
         yield Gateway(config, serve, pg, port=listen_port(config))

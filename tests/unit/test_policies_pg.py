@@ -932,3 +932,23 @@ def test_session_state_that_pins_a_pooled_client(sql: str, pins: tuple[str, ...]
     """Issue 11: what a statement leaves on its server connection that transaction pooling cannot
     carry to another one."""
     assert classify(sql).pins == pins
+
+
+@pytest.mark.parametrize(
+    ("sql", "changes_settings"),
+    [
+        ("SELECT 1", False),
+        ("SET work_mem = '1MB'", True),
+        ("RESET ALL", True),
+        ("DISCARD PLANS", True),
+        ("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE", True),
+        ("SELECT set_config('work_mem', '1MB', false)", True),
+        # a write hiding a setting change: its kind is write, the settings must still be read back
+        ("WITH s AS (SELECT set_config('work_mem', '2MB', false)) INSERT INTO t SELECT 1 FROM s", True),
+        ("SELECT * FROM items FOR UPDATE", False),
+    ],
+)
+def test_statements_that_change_session_settings_say_so(sql: str, changes_settings: bool) -> None:
+    from policies.pg import SETTINGS
+
+    assert (SETTINGS in classify(sql).names) is changes_settings
