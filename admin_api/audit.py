@@ -10,13 +10,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from admin_api.deps import AdminUser, Ctx
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.models import AuditEvent
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
 MAX_LIMIT = 1000
-EXTRA = "audit_writer"  # ApiContext.extras name of the process's proxy.audit.AuditWriter (serve sets it)
+EXTRA = "audit_writer"  # ApiContext.extras name of the process's proxy.audit.log.AuditWriter (serve sets it)
 
 
 class AuditEventOut(BaseModel):

@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 from admin_api import tokens
 from admin_api.deps import AdminUser, Ctx
 from admin_api.errors import RateLimited
+from proxy.auth.limits import LoginFailed
 from proxy.errors import Unauthorized
-from proxy.limits import LoginFailed
 
 router = APIRouter(tags=["auth"])
 

@@ -20,10 +20,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from admin_api.tokens import Principal, authenticate
+from proxy.auth.limits import LoginLimiter
 from proxy.config import Settings
 from proxy.errors import Forbidden, Unauthorized
-from proxy.limits import LoginLimiter
-from proxy.sessions import SessionRegistry
+from proxy.observe.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store

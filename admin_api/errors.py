@@ -31,7 +31,7 @@ STATUS_BY_CODE = {
 
 
 class RateLimited(Unauthorized):
-    """Too many failed logins for this user or address (proxy.limits.LoginLimiter)."""
+    """Too many failed logins for this user or address (proxy.auth.limits.LoginLimiter)."""
 
     code = "rate_limited"
 

@@ -1,4 +1,5 @@
-"""GET /metrics: the Prometheus exposition of proxy.metrics, plus change-request figures read from the store.
+"""GET /metrics: the Prometheus exposition of proxy.observe.metrics, plus change-request figures read
+from the store.
 
 Served at the root of the admin listener (not under /api/v1) and without authentication, like
 /healthz: Prometheus scrapes it. Bind the admin listener to an address only your monitoring can
@@ -21,8 +22,8 @@ from sqlalchemy import func, select
 
 from admin_api.audit import EXTRA as AUDIT_EXTRA
 from admin_api.deps import Ctx
-from proxy import metrics
-from proxy.audit import AuditWriter, as_utc
+from proxy.audit.log import AuditWriter, as_utc
+from proxy.observe import metrics
 from proxy.store.db import Store
 from proxy.store.models import ChangeRequest, RequestStatus, Source, utcnow
 

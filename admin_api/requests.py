@@ -4,7 +4,7 @@ Who sees what: an admin sees every request; an approver the requests of the sour
 approve on; everyone their own. A request the caller may not see is `404 not_found`. Deciding
 needs `approve` on the request's source (`403 forbidden` otherwise, also for your own request);
 deciding a request that is not pending is `409 state_conflict`. The rules live in
-proxy/store/requests.py and proxy/changes.py, shared with the CLI.
+proxy/store/requests.py and proxy/changes/service.py, shared with the CLI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 
 from admin_api.deps import Ctx, CurrentUser
-from proxy.changes import ChangeService
+from proxy.changes.service import ChangeService
 from proxy.errors import StoreError
 from proxy.store import requests as rq
 from proxy.store.models import Decision

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from admin_api.deps import AdminUser, Ctx
 from proxy.errors import NotFound
-from proxy.sessions import LiveSession
+from proxy.observe.sessions import LiveSession
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 

@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 
 from admin_api.deps import AdminUser, Ctx
 from proxy.errors import InvalidInput
-from proxy.sourcecheck import check_source
 from proxy.store.catalog import SourceSpec, SourceView
 from proxy.store.models import Engine, UpstreamTLS
+from proxy.upstream.probe import check_source
 
 router = APIRouter(prefix="/sources", tags=["sources"])
 

@@ -23,11 +23,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import select, update
 
-from proxy import audit
+from proxy.audit import log as audit
+from proxy.auth.verifiers import ScramVerifier, make_scram_verifier, scram_verify_password
 from proxy.errors import NotFound, Unauthorized
 from proxy.store.db import Store
 from proxy.store.models import ApiToken, User, utcnow
-from proxy.store.verifiers import ScramVerifier, make_scram_verifier, scram_verify_password
 
 ISSUER = "querybase"
 AUDIENCE = "querybase-admin"

@@ -15,7 +15,7 @@ it ignores a relation's schema, so `secret.creds` and `creds` would share a verd
 
 Texts longer than `MAX_CACHED_TEXT` are classified every time, so the caches' memory stays bounded.
 The caches count their own hits and misses (`cache_info()`, `FingerprintLevel.hits/misses`) at no
-extra cost per statement; `proxy.metrics.sync()` copies them into Prometheus counters.
+extra cost per statement; `proxy.observe.metrics.sync()` copies them into Prometheus counters.
 """
 
 from __future__ import annotations

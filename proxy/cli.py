@@ -5,7 +5,7 @@ Every command takes `--config`; list commands take `--json`; passwords come from
 one line `querybase: error: …` on stderr and exit 1 (usage errors exit 2, from argparse).
 
 `querybase requests …` acts as a named QueryBase user (`--as USER` or an API token) through
-`proxy.changes.ChangeService`, so it enforces the admin API's rules; its errors print
+`proxy.changes.service.ChangeService`, so it enforces the admin API's rules; its errors print
 `querybase: error: CODE: …` and exit per class (REQUEST_EXIT_CODES).
 
 The catalog verbs go through the same `Catalog` methods and `admin_api.tokens` functions as the
@@ -35,7 +35,7 @@ import structlog
 from sqlalchemy import func, select
 
 from policies.types import Level
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.config import DEFAULT_CONFIG_TEXT, Settings, load_settings, resolve_config_path
 from proxy.errors import InvalidInput, QueryBaseError, StoreError, Unauthorized
 from proxy.store import requests as rq
@@ -202,7 +202,7 @@ async def cmd_init(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_serve(ctx: Context, args: argparse.Namespace) -> int:
-    from proxy.logging import configure
+    from proxy.observe.logging import configure
     from proxy.server import serve
 
     configure(ctx.settings.log)
@@ -521,7 +521,7 @@ async def cmd_source_show(ctx: Context, args: argparse.Namespace) -> int:
 
 
 async def cmd_source_test(ctx: Context, args: argparse.Namespace) -> int:
-    from proxy.sourcecheck import check_source
+    from proxy.upstream.probe import check_source
 
     await ctx.require_current_schema()
     catalog = ctx.catalog(with_key=True)
@@ -778,7 +778,7 @@ def _acting_password(user: str, environ: Mapping[str, str]) -> str:
 
 async def _password_actor(ctx: Context, user: str, password: str) -> rq.Actor:
     from admin_api import tokens
-    from proxy.limits import LoginFailed
+    from proxy.auth.limits import LoginFailed
 
     since = utcnow() - LOGIN_FAILURE_WINDOW
     async with ctx.store.session() as session:
@@ -830,9 +830,9 @@ def _warnings_only(err: TextIO) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def change_service(ctx: Context) -> AsyncIterator[Any]:
     """A ChangeService whose executor runs in this process and whose events go out as webhooks."""
-    from proxy.changes import ChangeService
-    from proxy.executor import Executor
-    from proxy.notify import Notifier
+    from proxy.changes.executor import Executor
+    from proxy.changes.notify import Notifier
+    from proxy.changes.service import ChangeService
 
     with _warnings_only(ctx.err):
         catalog = ctx.catalog(with_key=True)

@@ -23,21 +23,21 @@ from admin_api.audit import EXTRA as AUDIT_EXTRA
 from admin_api.deps import ApiContext
 from admin_api.requests import EXTRA as CHANGES_EXTRA
 from admin_api.tokens import derive_signing_key
-from proxy.audit import AuditWriter, record_configuration
-from proxy.changes import ChangeService
+from proxy.audit.log import AuditWriter, record_configuration
+from proxy.changes.executor import Executor
+from proxy.changes.notify import Notifier
+from proxy.changes.service import ChangeService
 from proxy.config import ListenAddress, Settings
 from proxy.errors import ConfigError, StoreError
-from proxy.executor import Executor
-from proxy.mysql.session import MySQLFrontend
-from proxy.notify import Notifier
-from proxy.pg.session import PgFrontend
-from proxy.pool import UpstreamConnectError
-from proxy.sessions import SessionRegistry
-from proxy.sourcecheck import Reachability
+from proxy.observe.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
 from proxy.tlsfiles import server_context
+from proxy.upstream.pool import UpstreamConnectError
+from proxy.upstream.probe import Reachability
+from proxy.wire.mysql.session import MySQLFrontend
+from proxy.wire.pg.session import PgFrontend
 
 log = structlog.get_logger("querybase.server")
 

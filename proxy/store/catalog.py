@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policies.types import Level
-from proxy import audit
+from proxy.audit import log as audit
+from proxy.auth.verifiers import make_verifiers, pg_md5_verifier
 from proxy.errors import AlreadyExists, InvalidInput, NotFound
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store
@@ -32,7 +33,6 @@ from proxy.store.models import (
     User,
     utcnow,
 )
-from proxy.store.verifiers import make_verifiers, pg_md5_verifier
 from proxy.tlsfiles import describe_ca_bundle, load_ca_bundle, tls_verified, tls_warning
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")

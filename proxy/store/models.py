@@ -168,7 +168,7 @@ class Source(Base):
     # How clients share upstream connections (docs/pooling.md): "transaction" (a connection per
     # transaction) or "session" (one per client session). Sources made before 0007 keep "session".
     pool_mode: Mapped[str] = mapped_column(String(16), default="transaction")
-    # The last `source test` of the read login's own privileges (proxy.sourcecheck.Boundary):
+    # The last `source test` of the read login's own privileges (proxy.upstream.probe.Boundary):
     # {"login", "findings": [{"code", "severity", "what", "why"}], "error"}, and when it ran.
     boundary_checked_at: Mapped[datetime | None] = mapped_column()
     boundary_report: Mapped[dict[str, Any] | None] = mapped_column(JSON)

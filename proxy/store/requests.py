@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from policies.types import Classification, Kind, Level
-from proxy import audit
-from proxy.audit import as_utc
+from proxy.audit import log as audit
+from proxy.audit.log import as_utc
 from proxy.errors import Forbidden, InvalidInput, NotFound, StateConflict
 from proxy.store.db import Store
 from proxy.store.models import (

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.mysql import protocol as my
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     ITEMS,

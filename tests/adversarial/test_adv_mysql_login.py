@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.mysql import protocol as my
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     RAW_CAPABILITIES,

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2
+from proxy.upstream.mysql import scramble_caching_sha2
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     ADV_SOURCE,

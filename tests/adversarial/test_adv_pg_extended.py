@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.pg import protocol as pgp
+from proxy.wire.pg import protocol as pgp
 from tests.support.localdb import PG_PASSWORDS, PostgresCluster
 from tests.support.pgfront import ITEMS, Gateway, RawPg, ServerError, cli, running_gateway, setup_items
 

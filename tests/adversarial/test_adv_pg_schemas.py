@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.pg import protocol as pgp
+from proxy.wire.pg import protocol as pgp
 from tests.support.localdb import PG_PASSWORDS, PostgresCluster
 from tests.support.pgfront import ITEMS, Gateway, RawPg, ServerError, cli, running_gateway, setup_items
 

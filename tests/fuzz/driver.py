@@ -28,10 +28,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2, scramble_native
-from proxy.pg import protocol as pgp
-from proxy.pg.scram import ScramClient
+from proxy.auth.scram import ScramClient
+from proxy.upstream.mysql import scramble_caching_sha2, scramble_native
+from proxy.wire.mysql import protocol as my
+from proxy.wire.pg import protocol as pgp
 from tests.fuzz import mycases, pgcases
 from tests.fuzz.mutate import encode_my, encode_pg
 from tests.fuzz.target import MY_SOURCE, PASSWORDS, PG_SOURCE, Target

@@ -20,8 +20,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from proxy.mysql import protocol as my
-from proxy.pg import protocol as pgp
+from proxy.wire.mysql import protocol as my
+from proxy.wire.pg import protocol as pgp
 from tests.fuzz import driver, mycases, pgcases
 from tests.fuzz.mutate import encode_pg
 from tests.fuzz.target import MY_SOURCE, PASSWORDS, PG_SOURCE, Target

@@ -1,7 +1,7 @@
 """MySQL/MariaDB cases: valid command sequences as typed fields, and their mutations.
 
 Each command payload is built from fields the way the proxy's codec builds it
-(tests/fuzz/test_fuzz_codec.py compares with `proxy.mysql.protocol`); a command packet starts at
+(tests/fuzz/test_fuzz_codec.py compares with `proxy.wire.mysql.protocol`); a command packet starts at
 sequence id 0. `command_case(seed, state)` draws valid commands (with statement ids the
 connection has really been given, and the greeting's scramble for COM_CHANGE_USER) and mutates
 them; `login_plan(seed)` says how one hostile login goes.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2, scramble_native
+from proxy.upstream.mysql import scramble_caching_sha2, scramble_native
+from proxy.wire.mysql import protocol as my
 from tests.fuzz.mutate import Case, Field, Message, Mutator, clone, encode_my
 
 TABLE = "fz_items"

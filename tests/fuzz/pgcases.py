@@ -1,7 +1,7 @@
 """PostgreSQL cases: valid message sequences as typed fields, and their mutations.
 
 `frontend_*` build each frontend message the way the proxy's codec does (tests/fuzz/test_fuzz_codec.py
-checks they encode to exactly the bytes of `proxy.pg.protocol.make_*`); `command_case(seed)`
+checks they encode to exactly the bytes of `proxy.wire.pg.protocol.make_*`); `command_case(seed)`
 draws a valid sequence from the scenarios below and mutates it; `login_plan(seed)` says how one
 hostile login goes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from proxy.pg import protocol as pgp
+from proxy.wire.pg import protocol as pgp
 from tests.fuzz.mutate import Case, Field, Message, Mutator, clone, encode_pg
 
 TABLE = "fz_items"

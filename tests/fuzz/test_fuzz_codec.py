@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 
-from proxy.mysql import protocol as my
-from proxy.pg import protocol as pgp
+from proxy.wire.mysql import protocol as my
+from proxy.wire.pg import protocol as pgp
 from tests.fuzz import mycases, pgcases
 from tests.fuzz.mutate import encode_fields, encode_my, encode_pg
 

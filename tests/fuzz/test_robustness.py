@@ -5,7 +5,7 @@ no error-level line, no traceback, no "Task exception was never retrieved" — a
 hangs up mid-statement leaves no error behind. Each test sends the exact bytes of one finding
 and reads serve's log from where it stood before.
 
-The bugs were in proxy/pg/session.py and proxy/mysql/session.py; these tests were
+The bugs were in proxy/wire/pg/session.py and proxy/wire/mysql/session.py; these tests were
 xfail(strict=True) until the owners' fixes (commits 3a8bcc1, 78f1570 and 4b1fd75) made them pass.
 """
 
@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2
-from proxy.pg import protocol as pgp
+from proxy.upstream.mysql import scramble_caching_sha2
+from proxy.wire.mysql import protocol as my
+from proxy.wire.pg import protocol as pgp
 from tests.fuzz.mycases import CAPABILITIES
 from tests.fuzz.target import MY_SOURCE, PASSWORDS, PG_SOURCE, TABLE, LogFindings, Target, scan_log_from
 from tests.support.pgfront import RawPg

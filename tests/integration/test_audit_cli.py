@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent
 from tests.support.localdb import PostgresCluster

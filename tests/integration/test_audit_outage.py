@@ -17,7 +17,7 @@ import pytest
 import structlog
 from sqlalchemy import select
 
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent
 from tests.support.localdb import PostgresCluster

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from proxy.pg import protocol as pgp
+from proxy.wire.pg import protocol as pgp
 from tests.integration.test_pg_clients import psql
 from tests.support.changes import Api, held_id
 from tests.support.localdb import PostgresCluster

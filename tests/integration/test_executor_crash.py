@@ -1,7 +1,7 @@
 """Exactly once across crashes: the executor is SIGKILLed at each step between claim and final record.
 
 `QUERYBASE_TEST_FAULT=<point>` makes `querybase serve` kill itself at that point while running an
-approved request (proxy/executor.py). A fresh `serve` on the same store then resolves the request
+approved request (proxy/changes/executor.py). A fresh `serve` on the same store then resolves the request
 from the database itself — PostgreSQL `txid_status()`, MySQL `XA RECOVER` — and never runs it
 again. The statement appends a character, so running it twice would show in the data.
 """

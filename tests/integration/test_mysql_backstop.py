@@ -16,10 +16,10 @@ import pytest
 
 from policies.types import Classification, Kind
 from proxy.config import load_settings
-from proxy.mysql.session import MySQLFrontend
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
+from proxy.wire.mysql.session import MySQLFrontend
 from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
 from tests.support.myfront import ITEMS, PASSWORDS, SOURCE, provision, setup_items
 from tests.support.querybase import init_home, run_cli_in_process
@@ -45,7 +45,9 @@ def config(mariadb_server: MariaDBServer, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def frontend_port(config: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
-    monkeypatch.setattr("proxy.mysql.session.classify_mysql_cached", lambda sql: Classification(Kind.READ))
+    monkeypatch.setattr(
+        "proxy.wire.mysql.session.classify_mysql_cached", lambda sql: Classification(Kind.READ)
+    )
     settings = load_settings(config, {})
     store = Store(settings.store.url)
     frontend = MySQLFrontend(settings, store, Catalog(store, SecretBox(load_key(settings, {}))), None)

@@ -16,7 +16,7 @@ import pymysql.connections
 import pymysql.cursors
 import pytest
 
-from proxy.mysql import protocol as my
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
 from tests.support.myfront import SOURCE, Gateway, RawMy, provision, running_gateway, setup_items
 from tests.support.pgfront import cli, listen_port

@@ -23,7 +23,7 @@ import pymysql
 import pytest
 from pymysql.constants import CLIENT
 
-from proxy.mysql import protocol as my
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     ITEMS,

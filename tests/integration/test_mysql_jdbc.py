@@ -26,7 +26,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from proxy.mysql import protocol as my
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer, log_tail
 from tests.support.myfront import ITEMS, SOURCE, Gateway, add_tiny_source, running_gateway, setup_items
 

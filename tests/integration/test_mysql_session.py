@@ -17,8 +17,8 @@ import mysql.connector
 import pymysql
 import pytest
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_native
+from proxy.upstream.mysql import scramble_native
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MariaDBServer
 from tests.support.myfront import (
     ITEMS,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from proxy.pg.protocol import AuthCode, make_startup, parse_auth
+from proxy.wire.pg.protocol import AuthCode, make_startup, parse_auth
 from tests.support.localdb import PostgresCluster
 from tests.support.pgfront import Gateway, RawPg, cli, running_gateway
 

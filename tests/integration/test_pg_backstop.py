@@ -16,10 +16,10 @@ import pytest
 
 from policies.types import Classification, Kind
 from proxy.config import load_settings
-from proxy.pg.session import PgFrontend
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
+from proxy.wire.pg.session import PgFrontend
 from tests.support.localdb import PostgresCluster
 from tests.support.pgfront import ITEMS, PASSWORDS, provision, setup_items
 from tests.support.querybase import init_home
@@ -38,7 +38,7 @@ def config(pg_server: PostgresCluster, tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def frontend_port(config: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[int]:
-    monkeypatch.setattr("proxy.pg.session.classify_pg_cached", lambda sql: Classification(Kind.READ))
+    monkeypatch.setattr("proxy.wire.pg.session.classify_pg_cached", lambda sql: Classification(Kind.READ))
     settings = load_settings(config, {})
     store = Store(settings.store.url)
     frontend = PgFrontend(settings, store, Catalog(store, SecretBox(load_key(settings, {}))), None)

@@ -19,7 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.pg import protocol as pgp
+from proxy.wire.pg import protocol as pgp
 from tests.support.localdb import PostgresCluster
 from tests.support.pgfront import (
     ITEMS,

@@ -349,7 +349,7 @@ def test_pgbench_with_ten_times_more_clients_than_connections(gateway: Gateway, 
 def test_a_named_statement_follows_its_client_to_another_connection(gateway: Gateway) -> None:
     """On a fresh pool of two: the statement is prepared on the first connection; while another
     client holds that one, it runs on the second, where QueryBase prepares it first."""
-    from proxy.pg import protocol as pgp
+    from proxy.wire.pg import protocol as pgp
 
     cli(
         gateway.config,
@@ -388,7 +388,7 @@ def test_a_named_statement_follows_its_client_to_another_connection(gateway: Gat
 
 
 def test_statement_names_behave_as_on_the_server(gateway: Gateway) -> None:
-    from proxy.pg import protocol as pgp
+    from proxy.wire.pg import protocol as pgp
 
     with RawPg(gateway.host, gateway.port) as a, RawPg(gateway.host, gateway.port) as b:
         a.login("carol", gateway.passwords["carol"], POOLED)
@@ -428,7 +428,7 @@ def test_deallocate_all_drops_the_shared_statements_of_that_connection(
     """DEALLOCATE ALL / DISCARD ALL drop every prepared statement of the connection, the shared
     ones included (as on the server, the client's names are gone): QueryBase prepares them
     again when the client prepares the same text anew."""
-    from proxy.pg import protocol as pgp
+    from proxy.wire.pg import protocol as pgp
 
     with RawPg(gateway.host, gateway.port) as raw:
         raw.login("carol", gateway.passwords["carol"], "tiny")  # one connection: always the same
@@ -454,7 +454,7 @@ def test_unnamed_statement_is_kept_until_it_runs_and_not_trusted_after(gateway: 
     """pg8000 parses the unnamed statement, syncs, describes it, syncs, then binds and runs it:
     the connection stays with the client until the statement ran. A Bind of it after that (the
     connection may serve someone else by now) is refused, never run."""
-    from proxy.pg import protocol as pgp
+    from proxy.wire.pg import protocol as pgp
 
     with RawPg(gateway.host, gateway.port) as raw:
         raw.login("carol", gateway.passwords["carol"], POOLED)

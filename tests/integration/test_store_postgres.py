@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
 from policies.types import Level
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import scramble_caching_sha2
+from proxy.upstream.mysql import scramble_caching_sha2
+from proxy.wire.mysql import protocol as my
 from tests.support.localdb import MARIADB_PASSWORDS, MariaDBServer
 from tests.support.pgfront import cli, listen_port
 from tests.support.querybase import ServeProcess, init_home, start_serve

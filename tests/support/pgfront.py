@@ -6,7 +6,7 @@ test cluster's `qbtest`, the users below with their grants, a fresh `items` tabl
 database directly (as qb_admin) and at the change requests in the SQLite store.
 
 `RawPg` speaks the PostgreSQL protocol over a plain socket, for tests that need to control every
-byte or the reading speed: startup, SCRAM login (`proxy.pg.scram.ScramClient`), simple queries.
+byte or the reading speed: startup, SCRAM login (`proxy.auth.scram.ScramClient`), simple queries.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from proxy.pg import protocol as pgp
-from proxy.pg.scram import ScramClient
+from proxy.auth.scram import ScramClient
+from proxy.wire.pg import protocol as pgp
 from tests.support.localdb import PG_PASSWORDS, PostgresCluster, find_pg_bindir
 from tests.support.querybase import ServeProcess, init_home, run_cli_in_process, start_serve
 

@@ -15,7 +15,7 @@ from admin_api.deps import ApiContext
 from admin_api.tokens import derive_signing_key
 from proxy.config import build_settings
 from proxy.errors import StoreError
-from proxy.sessions import SessionRegistry
+from proxy.observe.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent
 

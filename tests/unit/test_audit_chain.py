@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent
 

@@ -14,7 +14,7 @@ import pytest
 import structlog
 from sqlalchemy import event, select, text
 
-from proxy import audit
+from proxy.audit import log as audit
 from proxy.store.db import Store
 from proxy.store.models import AuditEvent
 

@@ -15,13 +15,13 @@ import pytest_asyncio
 from sqlalchemy import text
 
 from policies.types import Level
-from proxy import audit
+from proxy.audit import log as audit
+from proxy.auth.verifiers import ScramVerifier, scram_verify_password
 from proxy.errors import AlreadyExists, InvalidInput, NotFound, SecretError
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store
 from proxy.store.models import ChangeRequest, Engine, UpstreamTLS
-from proxy.store.verifiers import ScramVerifier, scram_verify_password
 
 SQLITE = "sqlite+aiosqlite:///"
 KEY = bytes(range(100, 132))

@@ -1,4 +1,4 @@
-"""proxy/limits.py LoginLimiter: what it keeps in memory.
+"""proxy/auth/limits.py LoginLimiter: what it keeps in memory.
 
 Rules guarded (docs/fuzzing.md, the login-path investigation): a login attempt that does not fail
 leaves nothing behind; a key whose failures have expired is dropped; under a spray of names the
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from proxy.limits import LoginLimiter, LoginRateLimited
+from proxy.auth.limits import LoginLimiter, LoginRateLimited
 
 
 def test_checks_alone_keep_nothing() -> None:

@@ -1,4 +1,4 @@
-"""proxy/metrics.py and what feeds it without a session: pool, login limiter, notifier, caches,
+"""proxy/observe/metrics.py and what feeds it without a session: pool, login limiter, notifier, caches,
 the deploy files' metric names, log sampling and redaction."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policies.cache import classify_mysql_cached, classify_pg_cached, pg_fingerprint_level
 from policies.types import Action, Kind
-from proxy import metrics
+from proxy.auth.limits import LoginLimiter, LoginRateLimited
+from proxy.changes.notify import Notifier
 from proxy.config import LogSettings, NotifySettings, WebhookTarget
-from proxy.limits import LoginLimiter, LoginRateLimited
-from proxy.logging import REDACTED, ReadSampler, configure
-from proxy.notify import Notifier
-from proxy.pool import Key, Pool, PoolTimeout, UpstreamConnectError
+from proxy.observe import metrics
+from proxy.observe.logging import REDACTED, ReadSampler, configure
+from proxy.upstream.pool import Key, Pool, PoolTimeout, UpstreamConnectError
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "querybase-dashboard.json"
@@ -394,7 +394,7 @@ def test_secret_fields_are_redacted_in_structlog_and_stdlib_lines(json_log: io.S
 WORKER = """
 import os, sys
 from policies.types import Action
-from proxy import metrics
+from proxy.observe import metrics
 assert metrics.MULTIPROCESS
 metrics.CLIENT_CONNECTIONS_ACCEPTED.labels("postgresql").inc(int(sys.argv[1]))
 metrics.CLIENT_CONNECTIONS_OPEN.labels("postgresql").inc(int(sys.argv[1]))
@@ -404,7 +404,7 @@ print(os.getpid())
 
 SCRAPER = """
 import sys
-from proxy import metrics
+from proxy.observe import metrics
 for pid in sys.argv[1:]:
     metrics.mark_process_dead(int(pid))
 sys.stdout.write(metrics.exposition().decode())

@@ -1,10 +1,10 @@
-"""SHOW GRANTS lines as data, and the findings they give (proxy.sourcecheck)."""
+"""SHOW GRANTS lines as data, and the findings they give (proxy.upstream.probe)."""
 
 from __future__ import annotations
 
 import pytest
 
-from proxy.sourcecheck import GrantLine, mysql_findings, parse_grant_line
+from proxy.upstream.probe import GrantLine, mysql_findings, parse_grant_line
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""MySQL client/server codec (proxy.mysql.protocol): framing, login packets, commands, result scanning.
+"""MySQL client/server codec (proxy.wire.mysql.protocol): framing, login packets, commands, result scanning.
 
 Expected bytes are built here by hand from the packet layouts in
 https://dev.mysql.com/doc/dev/mysql-server/latest/PAGE_PROTOCOL.html, or by PyMySQL (an
@@ -22,8 +22,14 @@ from hypothesis import strategies as st
 from pymysql import _auth
 from pymysql.charset import charset_by_name
 
+from proxy.auth.verifiers import (
+    sha1_sha1,
+    sha256_sha256,
+    verify_caching_sha2_scramble,
+    verify_native_scramble,
+)
 from proxy.errors import QueryBaseError
-from proxy.mysql.protocol import (
+from proxy.wire.mysql.protocol import (
     DEFAULT_MAX_PAYLOAD,
     MAX_PACKET_PAYLOAD,
     SERVER_CAPABILITIES,
@@ -93,12 +99,6 @@ from proxy.mysql.protocol import (
     read_nul_str,
     server_capabilities,
     terminator_status,
-)
-from proxy.store.verifiers import (
-    sha1_sha1,
-    sha256_sha256,
-    verify_caching_sha2_scramble,
-    verify_native_scramble,
 )
 
 AUTOCOMMIT = ServerStatus.SERVER_STATUS_AUTOCOMMIT

@@ -1,4 +1,4 @@
-"""Webhook notifications (proxy/notify.py) against a real HTTP receiver and a real SQLite store.
+"""Webhook notifications (proxy/changes/notify.py) against a real HTTP receiver and a real SQLite store.
 
 The receiver is a small ASGI app served by uvicorn in the test's event loop; each target gets its
 own path, and a test scripts the answers per path (500 twice, 429 with Retry-After, 404, hang).
@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
+from proxy.changes.notify import EVENTS, STATEMENT_LIMIT, Notifier, summary
 from proxy.config import NotifySettings, WebhookTarget
-from proxy.notify import EVENTS, STATEMENT_LIMIT, Notifier, summary
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store

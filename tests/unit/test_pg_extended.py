@@ -1,4 +1,4 @@
-"""The PostgreSQL statement/portal model (proxy/pg/extended.py), driven as the session drives it:
+"""The PostgreSQL statement/portal model (proxy/wire/pg/extended.py), driven as the session drives it:
 messages out, replies in. These cover what transaction pooling added: shared server names, the
 replies QueryBase edits, and moving a client to another server connection."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from policies.types import Classification, Kind
-from proxy.pg.extended import (
+from proxy.wire.pg.extended import (
     AS_PARSE_COMPLETE,
     DROP,
     WAIT,

@@ -1,4 +1,4 @@
-"""PostgreSQL v3 codec (proxy.pg.protocol): framing fed whole, byte by byte and in random splits.
+"""PostgreSQL v3 codec (proxy.wire.pg.protocol): framing fed whole, byte by byte and in random splits.
 
 Expected bytes are built here by hand from the message formats in
 https://www.postgresql.org/docs/current/protocol-message-formats.html, not with the codec's own
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.pg.protocol import (
+from proxy.wire.pg.protocol import (
     MAX_HELD_BACK,
     PG_ENCODINGS,
     PROTOCOL_3_0,

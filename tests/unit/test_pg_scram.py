@@ -1,7 +1,7 @@
-"""SCRAM-SHA-256 (proxy.pg.scram) against RFC 7677 and an independent implementation written here.
+"""SCRAM-SHA-256 (proxy.auth.scram) against RFC 7677 and an independent implementation written here.
 
 The reference side below follows RFC 5802 §3 step by step (Hi() is PBKDF2 written out with
-HMAC, not a call into proxy.store.verifiers), so a mistake shared by the code under test and its
+HMAC, not a call into proxy.auth.verifiers), so a mistake shared by the code under test and its
 helpers cannot make these tests pass.
 """
 
@@ -21,8 +21,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.pg.protocol import ProtocolViolation
-from proxy.pg.scram import (
+from proxy.auth.scram import (
     SCRAM,
     SCRAM_PLUS,
     ScramClient,
@@ -31,7 +30,8 @@ from proxy.pg.scram import (
     mock_verifier,
     tls_server_end_point,
 )
-from proxy.store.verifiers import SCRAM_ITERATIONS, make_scram_verifier, scram_verify_password
+from proxy.auth.verifiers import SCRAM_ITERATIONS, make_scram_verifier, scram_verify_password
+from proxy.wire.pg.protocol import ProtocolViolation
 
 # RFC 7677 §3
 RFC_SALT_B64 = "W22ZaJ0SNY7soEsUEjb6gQ=="

@@ -1,4 +1,4 @@
-"""Session pool logic (proxy.pool.Pool) with fake connections: reuse, limits, resets, waiting, close."""
+"""Pool logic (proxy.upstream.pool.Pool) with fake connections: reuse, limits, resets, waiting, close."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from proxy.pool import Key, Pool, PoolTimeout, UpstreamConnectError
+from proxy.upstream.pool import Key, Pool, PoolTimeout, UpstreamConnectError
 
 P: Key = (("application_name", "psql"), ("database", "analytics"), ("user", "alice"))
 Q: Key = (("application_name", "dbeaver"), ("database", "analytics"), ("user", "alice"))

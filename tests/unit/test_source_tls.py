@@ -18,12 +18,12 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import text
 
 from proxy.errors import InvalidInput
-from proxy.relay import upstream_target
 from proxy.store.catalog import Catalog, SourceSpec
 from proxy.store.crypto import SecretBox
 from proxy.store.db import Store
 from proxy.store.models import Engine, UpstreamTLS
 from proxy.tlsfiles import describe_ca_bundle, tls_required, upstream_context
+from proxy.upstream.base import upstream_target
 
 
 def _ca_pem(common_name: str) -> str:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymysql import _auth as pymysql_auth
 
-from proxy.store.verifiers import (
+from proxy.auth.verifiers import (
     ScramVerifier,
     make_scram_verifier,
     make_verifiers,

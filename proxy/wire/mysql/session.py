@@ -23,7 +23,7 @@ login, COM_CHANGE_USER, COM_RESET_CONNECTION and any statement that may change t
 bytes are decoded in the client character set with invalid bytes as U+FFFD for classification;
 the exact bytes are forwarded, and held (`statement_b64`) when the text is not exact.
 
-Metrics and the statement log (proxy/metrics.py, docs/observability.md): a COM_QUERY or
+Metrics and the statement log (proxy/observe/metrics.py, docs/observability.md): a COM_QUERY or
 COM_STMT_EXECUTE (and a COM_STMT_PREPARE refused at once) is counted in a pre-bound counter when
 decided; its clock starts when its handling starts, and it is observed (and logged: reads,
 transaction and session statements sampled by `[log] read_sample_rate`) when its response
@@ -60,24 +60,24 @@ from policies.mysql import (
     sql_mode_flags,
 )
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
-from proxy import metrics
-from proxy.audit import AuditWriter, audit_login, audit_statement
+from proxy.audit.log import AuditWriter, audit_login, audit_statement
+from proxy.auth.limits import LoginFailed, LoginLimiter
+from proxy.auth.verifiers import verify_caching_sha2_scramble, verify_native_scramble
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
-from proxy.limits import LoginFailed, LoginLimiter
-from proxy.logging import ReadSampler
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
-from proxy.pool import Pool
-from proxy.relay import Params, RelaySession, UpstreamTarget, source_pool
-from proxy.sessions import IDLE, SessionRegistry
+from proxy.observe import metrics
+from proxy.observe.logging import ReadSampler
+from proxy.observe.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
-from proxy.store.verifiers import verify_caching_sha2_scramble, verify_native_scramble
+from proxy.upstream.base import Params, RelaySession, UpstreamTarget, source_pool
+from proxy.upstream.mysql import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
+from proxy.upstream.pool import Pool
+from proxy.wire.mysql import protocol as my
 
 if TYPE_CHECKING:
-    from proxy.changes import ChangeService
+    from proxy.changes.service import ChangeService
 
 log = structlog.get_logger("querybase.mysql")
 

@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 import structlog
 
-from proxy import metrics
 from proxy.config import NOTIFY_EVENTS, NotifySettings, WebhookTarget
+from proxy.observe import metrics
 from proxy.store.db import Store
 from proxy.store.models import NotificationDelivery
 

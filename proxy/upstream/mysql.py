@@ -1,6 +1,6 @@
 """Upstream MySQL/MariaDB connections: login with the source's credentials, read-only role, reset.
 
-Like `proxy.pg.upstream`: control mode (login, reset) reads whole payloads through a
+Like `proxy.upstream.pg`: control mode (login, reset) reads whole payloads through a
 `PacketReader`; relay mode (`attach(sink)`) hands every received chunk to the client session.
 Authentication: mysql_native_password and caching_sha2_password (fast path; full authentication
 over TLS, or with the server's RSA key when not on TLS), following AuthSwitchRequest.
@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from proxy.errors import QueryBaseError
-from proxy.mysql import protocol as my
-from proxy.relay import UpstreamBase, UpstreamTarget
 from proxy.tlsfiles import tls_required
+from proxy.upstream.base import UpstreamBase, UpstreamTarget
+from proxy.wire.mysql import protocol as my
 
 RESET_TIMEOUT = 10.0
 NATIVE = "mysql_native_password"
@@ -59,7 +59,7 @@ def _auth_response(plugin: str, password: str, nonce: bytes) -> bytes:
 
 
 class UpstreamConnection(UpstreamBase[tuple[int, bytes]]):
-    """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
+    """One logged-in upstream session; pooled by `proxy.upstream.pool.Pool`."""
 
     def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
         super().__init__(target, params, my.PacketReader)

@@ -24,7 +24,7 @@ which cannot run inside XA; a txid PostgreSQL no longer knows) does the request 
 
 Metrics: every published event counts the request's new status in `querybase_change_requests_total`
 (claims count `executing`), executions count by outcome, and the background sweep also runs
-`proxy.metrics.sync()` so this process's figures stay current in multiprocess mode.
+`proxy.observe.metrics.sync()` so this process's figures stay current in multiprocess mode.
 
 `QUERYBASE_TEST_FAULT=<point>` (tests only) kills the process with SIGKILL at a named point
 between claim and final record, so the crash tests can prove all of the above.
@@ -48,17 +48,17 @@ import structlog
 from policies import mysql as mysql_policy
 from policies import pg as pg_policy
 from policies.types import Kind
-from proxy import metrics
 from proxy.errors import QueryBaseError
-from proxy.mysql import protocol as my
-from proxy.mysql.upstream import UpstreamConnection as MyUpstream
-from proxy.pg import protocol as pgp
-from proxy.pg.upstream import UpstreamConnection as PgUpstream
-from proxy.relay import UpstreamTarget, upstream_target
+from proxy.observe import metrics
 from proxy.store import requests as rq
 from proxy.store.catalog import Catalog
 from proxy.store.db import Store
 from proxy.store.models import RequestStatus, utcnow
+from proxy.upstream.base import UpstreamTarget, upstream_target
+from proxy.upstream.mysql import UpstreamConnection as MyUpstream
+from proxy.upstream.pg import UpstreamConnection as PgUpstream
+from proxy.wire.mysql import protocol as my
+from proxy.wire.pg import protocol as pgp
 
 log = structlog.get_logger("querybase.executor")
 

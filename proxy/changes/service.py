@@ -21,9 +21,9 @@ from policies import mysql as mysql_policy
 from policies import pg as pg_policy
 from policies.decide import decide
 from policies.types import Action, Kind, SourcePolicy
-from proxy import metrics
+from proxy.changes.executor import Executor, controls_transactions
 from proxy.errors import Forbidden, InvalidInput, QueryBaseError
-from proxy.executor import Executor, controls_transactions
+from proxy.observe import metrics
 from proxy.store import requests as rq
 from proxy.store.catalog import Catalog
 from proxy.store.db import Store

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from policies.types import Kind, Level, SourcePolicy
 from proxy.errors import QueryBaseError
-from proxy.pool import Pool, Pooled, UpstreamConnectError
-from proxy.sessions import IDLE, WAITING, LiveSession
+from proxy.observe.sessions import IDLE, WAITING, LiveSession
 from proxy.store.catalog import SourceCredentials
 from proxy.tlsfiles import describe_tls_failure, upstream_context
+from proxy.upstream.pool import Pool, Pooled, UpstreamConnectError
 
 if TYPE_CHECKING:
-    from proxy.audit import AuditWriter
-    from proxy.changes import ChangeService, Waited
+    from proxy.audit.log import AuditWriter
+    from proxy.changes.service import ChangeService, Waited
 
 CONNECT_TIMEOUT = 10.0
 Params = tuple[tuple[str, str], ...]

@@ -15,8 +15,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from proxy.pg.protocol import ProtocolViolation
-from proxy.store.verifiers import (
+from proxy.auth.verifiers import (
     SCRAM_ITERATIONS,
     ScramVerifier,
     scram_client_proof,
@@ -25,6 +24,7 @@ from proxy.store.verifiers import (
     scram_server_signature,
     scram_verify_client_proof,
 )
+from proxy.wire.pg.protocol import ProtocolViolation
 
 SCRAM = "SCRAM-SHA-256"
 SCRAM_PLUS = "SCRAM-SHA-256-PLUS"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-from proxy import metrics
 from proxy.errors import QueryBaseError
+from proxy.observe import metrics
 
 
 class LoginFailed(QueryBaseError):

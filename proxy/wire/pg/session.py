@@ -18,7 +18,7 @@ transaction, as PostgreSQL does on any error there):
   what PostgreSQL does after an error in a batch.
 Flow control both ways: when one side's write buffer is full, reading from the other side pauses.
 
-Metrics and the statement log (proxy/metrics.py, docs/observability.md). A statement's clock
+Metrics and the statement log (proxy/observe/metrics.py, docs/observability.md). A statement's clock
 starts when the chunk holding it arrives (one clock read per chunk, and only if it holds a
 statement); `_decide` counts it in a pre-bound counter. A forwarded statement's timing rides in
 `_timing`, one entry per `_PASS` or `_DROP_Z` in `_pending`, and is observed (and logged: reads, transaction
@@ -49,26 +49,35 @@ from policies.decide import decide_cached as decide
 from policies.pg import LEXING, SETTINGS
 from policies.pg import classify as classify_pg
 from policies.types import Action, Classification, Kind, Level, SourcePolicy, Verdict
-from proxy import metrics
-from proxy.audit import AuditWriter, audit_login, audit_statement
+from proxy.audit.log import AuditWriter, audit_login, audit_statement
+from proxy.auth.limits import LoginFailed, LoginLimiter
+from proxy.auth.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
+from proxy.auth.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
 from proxy.config import Settings
 from proxy.errors import NotFound, QueryBaseError
-from proxy.limits import LoginFailed, LoginLimiter
-from proxy.logging import ReadSampler, connection_ids
-from proxy.pg import protocol as pgp
-from proxy.pg.extended import AS_PARSE_COMPLETE, WAIT, Batch, Desync, ExtendedState, Portal, Unknown, Wait
-from proxy.pg.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
-from proxy.pg.upstream import UpstreamConnection
-from proxy.pool import Pool, PoolTimeout, UpstreamConnectError
-from proxy.relay import RelaySession, source_pool
-from proxy.sessions import IDLE, SessionRegistry
+from proxy.observe import metrics
+from proxy.observe.logging import ReadSampler, connection_ids
+from proxy.observe.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, RequestDetail, create_request
-from proxy.store.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
+from proxy.upstream.base import RelaySession, source_pool
+from proxy.upstream.pg import UpstreamConnection
+from proxy.upstream.pool import Pool, PoolTimeout, UpstreamConnectError
+from proxy.wire.pg import protocol as pgp
+from proxy.wire.pg.extended import (
+    AS_PARSE_COMPLETE,
+    WAIT,
+    Batch,
+    Desync,
+    ExtendedState,
+    Portal,
+    Unknown,
+    Wait,
+)
 
 if TYPE_CHECKING:
-    from proxy.changes import ChangeService
+    from proxy.changes.service import ChangeService
 
 log = structlog.get_logger("querybase.pg")
 
@@ -201,7 +210,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._scanner = pgp.BackendScanner()
         self._carry = b""
         self._discard = False
-        # What the upstream's statements, portals and cursors are (see proxy/pg/extended.py).
+        # What the upstream's statements, portals and cursors are (see proxy/wire/pg/extended.py).
         self._ext = ExtendedState()
         self._deferred: tuple[bytes, bytes] | None = None  # a message waiting for earlier replies
         self.allowed_schemas: tuple[str, ...] | None = None  # the source's schema allowlist

@@ -8,7 +8,7 @@ parameter a client sends is applied by the upstream itself at connect time; when
 an idle connection with other parameters is closed to make room. A client that cannot get a
 connection within the pool's timeout gets `PoolTimeout`.
 
-Every pool reports itself in `proxy.metrics` under the (source, role) its name `SOURCE/ROLE`
+Every pool reports itself in `proxy.observe.metrics` under the (source, role) its name `SOURCE/ROLE`
 gives: size, idle, in use, opening, waiting clients (gauges moved by this pool's own deltas, so
 they sum correctly over pools and processes), checkout wait, checkout timeouts, connect errors.
 These move per checkout and release, never per statement.
@@ -25,8 +25,8 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from proxy import metrics
 from proxy.errors import QueryBaseError
+from proxy.observe import metrics
 
 log = structlog.get_logger("querybase.pool")
 

@@ -11,11 +11,11 @@ import asyncio
 from collections import OrderedDict
 from typing import cast
 
+from proxy.auth.scram import SCRAM, ScramClient, md5_password
 from proxy.errors import QueryBaseError
-from proxy.pg import protocol as pgp
-from proxy.pg.scram import SCRAM, ScramClient, md5_password
-from proxy.relay import UpstreamBase, UpstreamTarget
 from proxy.tlsfiles import tls_required
+from proxy.upstream.base import UpstreamBase, UpstreamTarget
+from proxy.wire.pg import protocol as pgp
 
 CONNECT_TIMEOUT = 10.0  # for the cancel connection
 RESET_TIMEOUT = 10.0
@@ -41,7 +41,7 @@ class UpstreamError(QueryBaseError):
 
 
 class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
-    """One logged-in upstream session; pooled by `proxy.pool.Pool`."""
+    """One logged-in upstream session; pooled by `proxy.upstream.pool.Pool`."""
 
     def __init__(self, target: UpstreamTarget, params: tuple[tuple[str, str], ...]) -> None:
         super().__init__(target, params, pgp.BackendReader)

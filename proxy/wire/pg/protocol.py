@@ -630,7 +630,7 @@ class BackendScanner:
 
     `marks` collects, in order, the type bytes (as ints) of every ParseComplete, BindComplete,
     CloseComplete, ErrorResponse and ReadyForQuery seen: what the session's model of statements
-    and portals (proxy/pg/extended.py) learns from; `mark_offsets` where each starts in its chunk
+    and portals (proxy/wire/pg/extended.py) learns from; `mark_offsets` where each starts in its chunk
     (a completion is five bytes, so it is always whole in the chunk that has its header). The
     caller empties both after each scan.
     """

@@ -1,0 +1,1 @@
+"""Authentication: password verifiers, SCRAM, login limits."""

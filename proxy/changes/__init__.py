@@ -1,0 +1,1 @@
+"""Change requests: the service sessions and the API use, the executor, notifications."""

@@ -1,1 +1,0 @@
-"""MySQL / MariaDB front end: the sans-IO client/server protocol codec (proxy.mysql.protocol)."""

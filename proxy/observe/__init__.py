@@ -1,0 +1,1 @@
+"""Observability: metrics, logging, the registry of live sessions."""

@@ -1,1 +1,0 @@
-"""PostgreSQL front end: sans-IO codec and auth, plus the asyncio session and upstream glue."""

@@ -1,0 +1,1 @@
+"""Upstream databases: targets, the connection base, pools, each protocol's login, the probe."""

@@ -1,0 +1,1 @@
+"""MySQL / MariaDB front end: codec and client sessions."""

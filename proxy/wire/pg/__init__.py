@@ -1,0 +1,1 @@
+"""PostgreSQL front end: codec, statement/portal model, client sessions."""
