@@ -71,10 +71,11 @@ from proxy.observe.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, create_request
-from proxy.upstream.base import Params, RelaySession, UpstreamTarget, source_pool
+from proxy.upstream.base import Params, UpstreamTarget, source_pool
 from proxy.upstream.mysql import CACHING_SHA2, NATIVE, READ_ONLY_SQL, UpstreamConnection
 from proxy.upstream.pool import Pool
 from proxy.wire.mysql import protocol as my
+from proxy.wire.relay import RelaySession
 
 if TYPE_CHECKING:
     from proxy.changes.service import ChangeService

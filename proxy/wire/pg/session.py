@@ -61,7 +61,7 @@ from proxy.observe.sessions import IDLE, SessionRegistry
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, RequestDetail, create_request
-from proxy.upstream.base import RelaySession, source_pool
+from proxy.upstream.base import source_pool
 from proxy.upstream.pg import UpstreamConnection
 from proxy.upstream.pool import Pool, PoolTimeout, UpstreamConnectError
 from proxy.wire.pg import protocol as pgp
@@ -75,6 +75,7 @@ from proxy.wire.pg.extended import (
     Unknown,
     Wait,
 )
+from proxy.wire.relay import RelaySession
 
 if TYPE_CHECKING:
     from proxy.changes.service import ChangeService
