@@ -217,6 +217,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.allowed_schemas: tuple[str, ...] | None = None  # the source's schema allowlist
         self._settled: asyncio.Future[None] | None = None
         self._encoding = "utf-8"
+        # The ParameterStatus values the client has seen (at login, and relayed since): what a held
+        # statement records about its session, whichever upstream connection is attached now.
+        self._shown: dict[str, str] = {}
         self._waiter: asyncio.Future[None] | None = None
         self._login_task: asyncio.Task[None] | None = None
         # metrics and the statement log (see the module docstring)
@@ -296,6 +299,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             ready, params, keep = scanner.scan(data)
             for start, end in params:
                 name, value = pgp.parse_parameter_status(data[start + 5 : end])
+                self._shown[name] = value
                 if self.upstream is not None:
                     self.upstream.parameter_status[name] = value
                 if name == "client_encoding":
@@ -706,6 +710,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._follow_encoding(client_encoding)
         self.key = self.f.new_key(self)
         hello = bytearray(pgp.make_auth(pgp.AuthCode.OK))
+        self._shown = dict(upstream.parameter_status)
         for name, value in upstream.parameter_status.items():
             hello += pgp.make_parameter_status(name, value)
         hello += pgp.make_backend_key_data(*self.key)
@@ -1433,13 +1438,9 @@ class PgSession(RelaySession, asyncio.Protocol):
         facts = {
             "protocol": "postgresql",
             "client_addr": self.peer,
-            "application_name": self.upstream.parameter_status.get("application_name", "")
-            if self.upstream is not None
-            else self.params.get("application_name", ""),
+            "application_name": self._shown.get("application_name", ""),
             "connection_id": self.key[0] if self.key else None,
-            "client_encoding": self.upstream.parameter_status.get("client_encoding", "UTF8")
-            if self.upstream is not None
-            else "UTF8",
+            "client_encoding": self._shown.get("client_encoding", "UTF8"),
             "tls": self.on_tls,
         }
         held = HeldStatement(draft.text, draft.classification, draft.parameters(self._encoding), facts)
