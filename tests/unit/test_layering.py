@@ -20,7 +20,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("policies",),
     ("proxy.errors", "proxy.config", "proxy.tlsfiles"),
     ("proxy.observe",),
-    ("proxy.wire.pg.protocol", "proxy.wire.pg.extended", "proxy.wire.mysql.protocol"),  # codecs
+    # codecs and relay state, sans-IO
+    (
+        "proxy.wire.pg.protocol",
+        "proxy.wire.pg.extended",
+        "proxy.wire.pg.replies",
+        "proxy.wire.mysql.protocol",
+    ),
     ("proxy.auth",),  # password verifiers, SCRAM, login limits
     ("proxy.store", "proxy.audit"),  # state: the catalog records its changes in the audit chain
     ("proxy.upstream",),

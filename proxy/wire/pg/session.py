@@ -4,8 +4,9 @@ Theory of operation. A session is an `asyncio.Protocol`. Until login completes, 
 (`_login`) reads whole startup/auth messages. After it, `data_received` frames client messages
 synchronously and acts per message type (`_HANDLERS`): Query and Execute are decided by policy,
 everything else is forwarded. Forwarded messages are gathered and written to the upstream once per
-received chunk; upstream bytes are written to the client as they arrive, scanned only for
-ReadyForQuery (`BackendScanner`), whose count tells when the upstream has answered everything.
+received chunk; upstream bytes go to the client as they arrive, through `Replies`
+(proxy/wire/pg/replies.py, sans-IO), which knows what the upstream still owes, walks headers only
+and drops or edits what QueryBase asked for itself.
 
 Held and denied statements (`_refuse`) run as a task, with client reading paused so later
 messages keep their order (and inside a transaction block QueryBase makes the upstream abort the
@@ -20,10 +21,10 @@ Flow control both ways: when one side's write buffer is full, reading from the o
 
 Metrics and the statement log (proxy/observe/metrics.py, docs/observability.md). A statement's clock
 starts when the chunk holding it arrives (one clock read per chunk, and only if it holds a
-statement); `_decide` counts it in a pre-bound counter. A forwarded statement's timing rides in
-`_timing`, one entry per `_PASS` or `_DROP_Z` in `_pending`, and is observed (and logged: reads, transaction
-and session statements sampled by `[log] read_sample_rate`) when its ReadyForQuery passes; a
-refused one is observed and logged when its error has been written.
+statement); `_decide` counts it in a pre-bound counter. A forwarded statement's timing rides with
+the ReadyForQuery that ends it (`Replies`), and is observed (and logged: reads, transaction and
+session statements sampled by `[log] read_sample_rate`) when that passes; a refused one is
+observed and logged when its error has been written.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import hashlib
 import secrets
 import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -75,6 +75,7 @@ from proxy.wire.pg.extended import (
     Unknown,
     Wait,
 )
+from proxy.wire.pg.replies import Replies
 from proxy.wire.relay import RelaySession
 
 if TYPE_CHECKING:
@@ -204,15 +205,12 @@ class PgSession(RelaySession, asyncio.Protocol):
         self.log = log
         # relay state
         self._out: list[bytes] = []
-        # One entry per ReadyForQuery the upstream owes: _PASS, _DROP_Z or _DROP_ALL.
-        self._pending: deque[int] = deque()
-        self._special = 0  # how many of those are not _PASS
         self._drained: asyncio.Future[None] | None = None
-        self._scanner = pgp.BackendScanner()
-        self._carry = b""
         self._discard = False
-        # What the upstream's statements, portals and cursors are (see proxy/wire/pg/extended.py).
+        # What the upstream's statements, portals and cursors are (see proxy/wire/pg/extended.py),
+        # and what it owes the client (proxy/wire/pg/replies.py).
         self._ext = ExtendedState()
+        self._replies = Replies(self._ext)
         self._deferred: tuple[bytes, bytes] | None = None  # a message waiting for earlier replies
         self.allowed_schemas: tuple[str, ...] | None = None  # the source's schema allowlist
         self._settled: asyncio.Future[None] | None = None
@@ -226,9 +224,6 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._m: metrics.StatementMetrics = metrics.statement_metrics(PROTOCOL, "")
         self._session_open: metrics.Gauge | None = None  # this session's querybase_client_sessions_open
         self._t0 = 0.0  # when the chunk being processed arrived (0: not read yet)
-        # One per _PASS or _DROP_Z in _pending: the forwarded statements that ReadyForQuery ends.
-        self._timing: deque[list[tuple[float, Kind]] | None] = deque()
-        self._batch: list[tuple[float, Kind]] = []  # Executes forwarded since the last Sync
         self._overhead_due = 1  # statements until the next overhead sample
         self._overhead_t0 = 0.0
         self._sample_reads = ReadSampler(frontend.settings.log.read_sample_rate)
@@ -284,7 +279,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._cancel_tasks()
         if self.upstream is not None and self.pool is not None:
             upstream, pool, self.upstream = self.upstream, self.pool, None
-            busy = bool(self._pending) or self._busy
+            busy = not self._replies.idle or self._busy
             self._spawn(self._give_back(upstream, pool, busy))
         if self._ready:
             self.log.info("disconnected")
@@ -292,117 +287,38 @@ class PgSession(RelaySession, asyncio.Protocol):
     # upstream → this session (UpstreamSink)
 
     def upstream_data(self, data: bytes) -> None:
-        if self._carry:
-            data, self._carry = self._carry + data, b""
-        scanner = self._scanner
         try:
-            ready, params, keep = scanner.scan(data)
-            for start, end in params:
-                name, value = pgp.parse_parameter_status(data[start + 5 : end])
-                self._shown[name] = value
-                if self.upstream is not None:
-                    self.upstream.parameter_status[name] = value
-                if name == "client_encoding":
-                    self._follow_encoding(value)
-                elif name == "default_transaction_read_only" and value != "on":
-                    self._read_only_lifted(value)
-            edits = self._learn(scanner.marks, scanner.mark_offsets, ready) if scanner.marks else None
+            relayed = self._replies.feed(data)
         except pgp.ProtocolViolation as exc:
             self._fatal(exc)
             return
         except Desync as exc:
             self._fatal(pgp.ProtocolViolation(f"QueryBase lost track of the upstream's replies: {exc}"))
             return
+        for name, value in relayed.params:
+            self._shown[name] = value
+            if self.upstream is not None:
+                self.upstream.parameter_status[name] = value
+            if name == "client_encoding":
+                self._follow_encoding(value)
+            elif name == "default_transaction_read_only" and value != "on":
+                self._read_only_lifted(value)
+        settled = self._settled
+        if settled is not None and not settled.done() and self._ext.settled():
+            settled.set_result(None)
         if self._closed:
             return
-        if keep:
-            data, self._carry = data[:-keep], data[-keep:]
-        if edits:
-            data = self._edit_replies(data, ready, edits)
-        elif self._special:
-            if ready or (self._pending and self._pending[0] == _DROP_ALL):
-                data = self._edit_replies(data, ready, ())
-        elif ready:  # the common case: every reply goes to the client unchanged
-            pending, timing = self._pending, self._timing
-            for _ in range(min(len(ready), len(pending))):
-                pending.popleft()
-                done = timing.popleft()
-                if done is not None:
-                    self._answered(done)
-            self.status = bytes((ready[-1][1],))
-            if not pending and self._drained is not None and not self._drained.done():
-                self._drained.set_result(None)
-        if data and self.transport is not None:
-            self.transport.write(data)
+        if relayed.status is not None:
+            self.status = bytes((relayed.status,))
+        for done in relayed.answered:
+            self._answered(done)
+        if self._replies.idle and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if relayed.data and self.transport is not None:
+            self.transport.write(relayed.data)
         self._maybe_check_in()
         if self.f.draining:
             self.end_if_idle()
-
-    def _edit_replies(
-        self, data: bytes, ready: list[tuple[int, int]], edits: list[tuple[int, str]] | tuple[()]
-    ) -> bytes:
-        """Drop the replies QueryBase asked for itself (a ReadyForQuery, a whole answer, the
-        completion of a Parse it added) and answer a Parse it answered with a Close."""
-        pieces: list[bytes] = []
-        start = 0
-        pending_edits = iter(edits)
-        edit = next(pending_edits, None)
-        for offset, status in ready:
-            while edit is not None and edit[0] < offset:
-                pieces.append(data[start : edit[0]])
-                if edit[1] == AS_PARSE_COMPLETE:
-                    pieces.append(_PARSE_COMPLETE)
-                start = edit[0] + 5
-                edit = next(pending_edits, None)
-            self.status = bytes((status,))
-            mode = self._pending.popleft() if self._pending else _PASS
-            if mode != _PASS:
-                self._special -= 1
-            if mode != _DROP_ALL:
-                done = self._timing.popleft() if self._timing else None
-                if done is not None:
-                    self._answered(done)
-            if mode == _PASS:
-                pieces.append(data[start : offset + 6])
-            elif mode == _DROP_Z:
-                pieces.append(data[start:offset])
-            start = offset + 6
-        while edit is not None:  # completions after the last ReadyForQuery of the chunk
-            pieces.append(data[start : edit[0]])
-            if edit[1] == AS_PARSE_COMPLETE:
-                pieces.append(_PARSE_COMPLETE)
-            start = edit[0] + 5
-            edit = next(pending_edits, None)
-        if not (self._pending and self._pending[0] == _DROP_ALL):
-            pieces.append(data[start:])
-        if not self._pending and self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        return b"".join(pieces)
-
-    def _learn(
-        self, marks: list[int], offsets: list[int], ready: list[tuple[int, int]]
-    ) -> list[tuple[int, str]] | None:
-        """Feed the model the upstream's completions, errors and ReadyForQuery, in order. Returns
-        the completions to edit before the client sees them (offset, what), in order, if any."""
-        ext = self._ext
-        statuses = iter(ready)
-        edits: list[tuple[int, str]] | None = None
-        for mark, offset in zip(marks, offsets, strict=True):
-            if mark == 0x5A:
-                ext.ready(next(statuses)[1])
-            elif mark == 0x45:
-                ext.error()
-            else:
-                edit = ext.completed(bytes((mark,)))
-                if edit is not None:
-                    edits = edits or []
-                    edits.append((offset, edit))
-        marks.clear()
-        offsets.clear()
-        settled = self._settled
-        if settled is not None and not settled.done() and ext.settled():
-            settled.set_result(None)
-        return edits
 
     def _read_only_lifted(self, value: str) -> None:
         """The upstream reports that a read-role connection is no longer read-only: end it now."""
@@ -455,7 +371,7 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     def end_if_idle(self) -> None:
         """During a graceful shutdown: end the session unless a statement is still running."""
-        if not self._ready or (not self._pending and not self._busy):
+        if not self._ready or (self._replies.idle and not self._busy):
             self.shutdown()
 
     def shutdown(self) -> None:
@@ -571,7 +487,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         or the change request it is waiting for."""
         if self.waiting is not None:
             self.waiting.set()
-        elif self.upstream is not None and self._pending:
+        elif self.upstream is not None and not self._replies.idle:
             self._spawn(self.upstream.stop_running())
 
     async def _start_session(self, startup: pgp.StartupMessage) -> None:
@@ -894,8 +810,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._track(c)
             self._unnamed_unused = False  # a simple Query replaces the unnamed statement
             self._forward(raw)
-            self._pending.append(_PASS)
-            self._timing.append([(t0, verdict.kind)])
+            self._replies.query_sent(t0, verdict.kind)
             self._forwarded(t0)
             if LEXING in c.names:
                 return self._wait_for_replies(None, b"")
@@ -1003,7 +918,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._track(c)
             self._unnamed_unused = False
             self._forward(raw)
-            self._batch.append((t0, verdict.kind))
+            self._replies.execute_sent(t0, verdict.kind)
             self._forwarded(t0)
             if LEXING in c.names:
                 # The server sends the new setting only when it flushes: end the batch so it does,
@@ -1017,12 +932,7 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _on_sync(self, raw: bytes) -> object:
         self._ext.sync()
         self._forward(raw)
-        self._pending.append(_PASS)
-        if self._batch:
-            self._timing.append(self._batch)
-            self._batch = []
-        else:
-            self._timing.append(None)
+        self._replies.sync_sent()
         return None
 
     def _on_close(self, raw: bytes) -> object:
@@ -1046,8 +956,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._ext.simple()
             self._pin("a fast-path function call")
             self._forward(raw)
-            self._pending.append(_PASS)
-            self._timing.append([(t0, verdict.kind)])
+            self._replies.query_sent(t0, verdict.kind)
             return None
         self._refuse(verdict, HeldStatementDraft("", c, None, ()), extended=False, t0=t0)
         return _STOP
@@ -1191,7 +1100,7 @@ class PgSession(RelaySession, asyncio.Protocol):
         self._run_deferred()
 
     def _maybe_check_in(self) -> None:
-        if self.pooling == "transaction" and self.status == b"I" and not self._pending:
+        if self.pooling == "transaction" and self.status == b"I" and self._replies.idle:
             self._check_in()
 
     def _check_in(self) -> None:
@@ -1275,11 +1184,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             return
         self._ext.sync()
         self._out.append(pgp.SYNC)
-        self._pending.append(_DROP_Z)
-        # The batch's Executes forwarded so far are answered by this Sync.
-        self._timing.append(self._batch or None)
-        self._batch = []
-        self._special += 1
+        self._replies.own_sync()  # the batch's Executes so far are answered by this Sync
 
     def _refuse(
         self,
@@ -1339,8 +1244,7 @@ class PgSession(RelaySession, asyncio.Protocol):
             elif self.status == b"T" and self.upstream is not None:
                 # Inside a transaction block PostgreSQL would abort the transaction on this error;
                 # make the upstream do exactly that, so what follows behaves as it would there.
-                self._pending.append(_DROP_ALL)
-                self._special += 1
+                self._replies.own_query()
                 self._ext.simple()
                 self.upstream.transport.write(pgp.make_query(_ABORT_TRANSACTION))
                 await self._upstream_idle()
@@ -1419,7 +1323,7 @@ class PgSession(RelaySession, asyncio.Protocol):
 
     async def _upstream_idle(self) -> None:
         """Wait until the upstream has answered everything sent to it."""
-        if self._pending:
+        if not self._replies.idle:
             self._drained = asyncio.get_running_loop().create_future()
             await self._drained
 
@@ -1653,13 +1557,11 @@ class HeldStatementDraft:
 
 
 _STOP = object()
-_PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 # Transaction pooling: server-side statement names start with this (SQL names that do are refused).
 SERVER_STATEMENT_PREFIX = b"_qb_"
 MAX_SERVER_STATEMENTS = 250  # per server connection; the oldest are deallocated beyond it
 # A Close of a statement that never exists: the server answers CloseComplete and does nothing.
 _CLOSE_NOTHING = pgp.make_close(b"S", SERVER_STATEMENT_PREFIX + b"none")
-_PASS, _DROP_Z, _DROP_ALL = 0, 1, 2  # what to do with the upstream's reply up to a ReadyForQuery
 _ABORT_TRANSACTION = "DO $$BEGIN RAISE EXCEPTION 'statement refused by QueryBase'; END$$"
 _HANDLERS: dict[bytes, Callable[[PgSession, bytes], object]] = {
     b"Q": PgSession._on_query,
