@@ -84,8 +84,8 @@ async def _run(
     notifier = Notifier(settings.notify, store)
     executor = Executor(store, catalog, notifier)
     changes = ChangeService(store, catalog, executor)
-    # Logins and statement verdicts reach the chain through this writer; the front ends hold it as
-    # `.audit` and refuse what must be recorded while it is not `healthy` (docs/audit.md).
+    # Logins and statement verdicts reach the chain through this writer; the front ends are given it
+    # and refuse what must be recorded while it is not `healthy` (docs/audit.md).
     audit_writer = AuditWriter.from_settings(settings, store)
     await audit_writer.start()
     async with store.write_session() as session, session.begin():
@@ -120,16 +120,14 @@ async def _run(
         my_sock = bind("mysql.listen", settings.mysql.listen) if settings.mysql.listen else None
         admin_sock = bind("admin.listen", settings.admin.listen) if settings.admin.listen else None
         if pg_sock is not None:
-            pg_frontend = PgFrontend(settings, store, catalog, tls)
-            pg_frontend.changes = changes
-            pg_frontend.registry = sessions
-            pg_frontend.audit = audit_writer
+            pg_frontend = PgFrontend(
+                settings, store, catalog, tls, changes=changes, registry=sessions, audit=audit_writer
+            )
             pg_server = await loop.create_server(pg_frontend.protocol, sock=pg_sock)
         if my_sock is not None:
-            my_frontend = MySQLFrontend(settings, store, catalog, tls)
-            my_frontend.changes = changes
-            my_frontend.registry = sessions
-            my_frontend.audit = audit_writer
+            my_frontend = MySQLFrontend(
+                settings, store, catalog, tls, changes=changes, registry=sessions, audit=audit_writer
+            )
             await my_frontend.learn_server_version()
             my_server = await loop.create_server(my_frontend.protocol, sock=my_sock)
         if admin_sock is not None:

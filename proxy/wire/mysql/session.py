@@ -155,7 +155,15 @@ class MySQLFrontend:
     """What all MySQL sessions share: settings, store, pools, connection ids, the version shown."""
 
     def __init__(
-        self, settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None
+        self,
+        settings: Settings,
+        store: Store,
+        catalog: Catalog,
+        tls: ssl.SSLContext | None,
+        *,
+        changes: ChangeService | None = None,
+        registry: SessionRegistry | None = None,
+        audit: AuditWriter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -167,11 +175,11 @@ class MySQLFrontend:
         self.limiter = LoginLimiter(protocol=PROTOCOL)
         self._ids = itertools.count(1)
         self.draining = False  # shutting down: sessions end once their running command is answered
-        # Set by `serve`: the change-request service (notifications, waiting mode) and the
-        # live-session registry of the admin API.
-        self.changes: ChangeService | None = None
-        self.registry: SessionRegistry | None = None
-        self.audit: AuditWriter | None = None  # logins and statement verdicts
+        # The change-request service (notifications, waiting mode), the live-session registry of
+        # the admin API, the audit writer for logins and statement verdicts.
+        self.changes = changes
+        self.registry = registry
+        self.audit = audit
         self._emptied = asyncio.Event()
 
     def protocol(self) -> MySQLSession:

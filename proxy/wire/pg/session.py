@@ -114,7 +114,15 @@ class PgFrontend:
     """What all PostgreSQL sessions share: settings, store, pools, cancel keys, login limits."""
 
     def __init__(
-        self, settings: Settings, store: Store, catalog: Catalog, tls: ssl.SSLContext | None
+        self,
+        settings: Settings,
+        store: Store,
+        catalog: Catalog,
+        tls: ssl.SSLContext | None,
+        *,
+        changes: ChangeService | None = None,
+        registry: SessionRegistry | None = None,
+        audit: AuditWriter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -129,11 +137,12 @@ class PgFrontend:
         self.pools: dict[tuple[str, str, str], Pool[UpstreamConnection]] = {}
         self.sessions: dict[tuple[int, bytes], PgSession] = {}
         self.live: set[PgSession] = set()
-        # The change-request service (notifications, waiting mode); `serve` sets it. Without it
-        # held statements are stored directly and never waited for.
-        self.changes: ChangeService | None = None
-        self.registry: SessionRegistry | None = None  # live sessions for the admin API; `serve` sets it
-        self.audit: AuditWriter | None = None  # logins and statement verdicts; `serve` sets it
+        # The change-request service (notifications, waiting mode): without it held statements are
+        # stored directly and never waited for. The live-session registry of the admin API, and
+        # the audit writer for logins and statement verdicts (without it nothing is recorded).
+        self.changes = changes
+        self.registry = registry
+        self.audit = audit
         self.draining = False  # shutting down: sessions end once their running statement is answered
         self._emptied = asyncio.Event()
 
