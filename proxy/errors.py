@@ -1,7 +1,11 @@
 """The one error tree: every QueryBase error knows its PostgreSQL SQLSTATE, MySQL errno and API code.
 
-Protocol renderers (ErrorResponse, ERR packet, JSON error body) read these class attributes, so a
-new failure mode is one new subclass, never a new string comparison somewhere else.
+Protocol renderers read these attributes — `proxy.wire.pg.protocol.error_response` (ErrorResponse:
+`sqlstate`, `message`, `detail`, `hint`), `proxy.wire.mysql.protocol.err_payload` (ERR packet:
+`mysql_errno`, `mysql_sqlstate`, `mysql_message`) and admin_api/errors.py (JSON body: `code`) — so
+a new failure mode is one new subclass, never a new string comparison somewhere else. `Refused`
+and its subclasses are what a client gets in place of its statement's own answer (the verdicts);
+`PoolTimeout` and `UpstreamConnectError` what it gets when no upstream connection can be had.
 """
 
 from __future__ import annotations
@@ -12,11 +16,19 @@ class QueryBaseError(Exception):
 
     sqlstate: str = "XX000"  # internal_error
     mysql_errno: int = 1105  # ER_UNKNOWN_ERROR
+    mysql_sqlstate: str | None = None  # None: `sqlstate` when it has five characters, else HY000
     code: str = "internal"
+    detail: str = ""  # PostgreSQL's DETAIL and HINT fields
+    hint: str = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def mysql_message(self) -> str:
+        """The text of the MySQL ERR packet (one line: MySQL has no detail or hint)."""
+        return self.message
 
 
 class ConfigError(QueryBaseError):
@@ -84,3 +96,111 @@ class StateConflict(QueryBaseError):
     sqlstate = "55000"  # object_not_in_prerequisite_state
     mysql_errno = 1105
     code = "state_conflict"
+
+
+class PoolTimeout(QueryBaseError):
+    """No upstream connection became free within the source's pool timeout."""
+
+    sqlstate = "53300"  # too_many_connections
+    mysql_errno = 1040  # ER_CON_COUNT_ERROR
+    code = "pool_timeout"
+
+
+class UpstreamConnectError(QueryBaseError):
+    """The upstream could not be reached or refused QueryBase's login."""
+
+    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
+    mysql_errno = 2003  # CR_CONN_HOST_ERROR
+    code = "upstream_connect"
+
+
+# --- verdicts: what a client gets in place of its statement's own answer ------------------------
+
+
+class Refused(QueryBaseError):
+    """QueryBase answered a statement itself: the database never saw it."""
+
+    mysql_sqlstate = "HY000"
+
+
+class Denied(Refused):
+    """Policy refused the statement (the message names the level it needs)."""
+
+    sqlstate = "42501"  # insufficient_privilege
+    mysql_errno = 1142  # ER_TABLEACCESS_DENIED_ERROR
+    mysql_sqlstate = "42000"
+    code = "forbidden"
+
+    def __init__(self, message: str, *, mysql_errno: int | None = None) -> None:
+        super().__init__(message)
+        if mysql_errno is not None:
+            self.mysql_errno = mysql_errno
+
+
+class DeniedPrivileged(Denied):
+    """A privileged statement (roles, server files, other sessions…) refused below `write`."""
+
+    mysql_errno = 1227  # ER_SPECIFIC_ACCESS_DENIED_ERROR
+
+
+class Held(Refused):
+    """The write is held as change request `request_id`; it runs once an approver approves it."""
+
+    sqlstate = "QB001"  # QueryBase's own class: the statement did not run, a request exists
+    mysql_errno = 9001  # QueryBase's own errno (SQLSTATE HY000)
+    code = "held"
+    detail = "The statement did not run. It runs once, exactly as sent, when an approver approves it."
+
+    def __init__(self, request_id: int, source: str, state: str = "", *, why: str = "") -> None:
+        super().__init__(
+            f'write held for approval as change request #{request_id} on source "{source}"'
+            + (f" ({state})" if state else "")
+        )
+        self.request_id = request_id
+        self.why = why  # why a statement QueryBase could not classify was held (MySQL shows it)
+        self.hint = f"Review it with `querybase` or the admin API (change request {request_id})."
+
+    @property
+    def mysql_message(self) -> str:
+        return (
+            self.message
+            + (f" [{self.why}]" if self.why else "")
+            + "; it did not run and runs once, exactly as sent, when an approver approves it"
+        )
+
+
+class HoldFailed(Refused):
+    """The write could not be stored as a change request: it did not run, and nothing is held."""
+
+    sqlstate = "58000"  # system_error
+    code = "hold_failed"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the write could not be held for approval: {why}")
+
+
+class AuditUnavailable(Refused):
+    """The audit log cannot record the statement's verdict, so it is refused, not run."""
+
+    sqlstate = "58000"  # system_error
+    code = "audit_unavailable"
+
+
+class WaitCancelled(Refused):
+    """Waiting mode: the client cancelled (or KILLed) the statement; its change request too."""
+
+    sqlstate = "57014"  # query_canceled
+    mysql_errno = 1317  # ER_QUERY_INTERRUPTED
+    mysql_sqlstate = "70100"
+    code = "cancelled"
+
+
+class ApprovedButFailed(Refused):
+    """Waiting mode: the request was approved and ran, and the database refused it."""
+
+    code = "execution_failed"
+
+    def __init__(self, message: str, *, sqlstate: str | None, mysql_errno: int | None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate or "XX000"
+        self.mysql_errno = mysql_errno or 1105

@@ -28,13 +28,12 @@ from proxy.changes.executor import Executor
 from proxy.changes.notify import Notifier
 from proxy.changes.service import ChangeService
 from proxy.config import ListenAddress, Settings
-from proxy.errors import ConfigError, StoreError
+from proxy.errors import ConfigError, StoreError, UpstreamConnectError
 from proxy.observe.sessions import SessionRegistry
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
 from proxy.tlsfiles import server_context
-from proxy.upstream.pool import UpstreamConnectError
 from proxy.upstream.probe import Reachability
 from proxy.wire.mysql.session import MySQLFrontend
 from proxy.wire.pg.session import PgFrontend

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from proxy.errors import QueryBaseError
+from proxy.errors import QueryBaseError, UpstreamConnectError
 from proxy.store.catalog import SourceCredentials
 from proxy.tlsfiles import describe_tls_failure, upstream_context
-from proxy.upstream.pool import Pool, Pooled, UpstreamConnectError
+from proxy.upstream.pool import Pool, Pooled
 
 CONNECT_TIMEOUT = 10.0
 Params = tuple[tuple[str, str], ...]

@@ -1,4 +1,4 @@
-"""Session pooling of upstream connections per (source, role), for both protocols.
+"""Pools of upstream connections per (source, role, pool mode), for both protocols.
 
 A client holds one upstream connection for its whole session (`acquire`) and gives it back on
 disconnect (`release`), which resets it (DISCARD ALL / COM_RESET_CONNECTION) before anyone else
@@ -25,22 +25,10 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from proxy.errors import QueryBaseError
+from proxy.errors import PoolTimeout, UpstreamConnectError
 from proxy.observe import metrics
 
 log = structlog.get_logger("querybase.pool")
-
-
-class PoolTimeout(QueryBaseError):
-    sqlstate = "53300"  # too_many_connections
-    mysql_errno = 1040  # ER_CON_COUNT_ERROR
-    code = "pool_timeout"
-
-
-class UpstreamConnectError(QueryBaseError):
-    sqlstate = "08001"  # sqlclient_unable_to_establish_sqlconnection
-    mysql_errno = 2003  # CR_CONN_HOST_ERROR
-    code = "upstream_connect"
 
 
 class Pooled(Protocol):

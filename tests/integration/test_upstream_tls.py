@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from proxy.config import load_settings
+from proxy.errors import UpstreamConnectError
 from proxy.store.catalog import Catalog
 from proxy.store.crypto import SecretBox, load_key
 from proxy.store.db import Store
 from proxy.upstream.base import UpstreamTarget, upstream_target
 from proxy.upstream.mysql import UpstreamConnection as MyUpstream
 from proxy.upstream.pg import UpstreamConnection as PgUpstream
-from proxy.upstream.pool import UpstreamConnectError
 from tests.support.changes import Api, held_id
 from tests.support.localdb import MARIADB_PASSWORDS, PG_PASSWORDS, MariaDBServer, PostgresCluster
 from tests.support.pgfront import Gateway, cli, listen_port, running_gateway, setup_items

@@ -24,9 +24,10 @@ from policies.types import Action, Kind
 from proxy.auth.limits import LoginLimiter, LoginRateLimited
 from proxy.changes.notify import Notifier
 from proxy.config import LogSettings, NotifySettings, WebhookTarget
+from proxy.errors import PoolTimeout, UpstreamConnectError
 from proxy.observe import metrics
 from proxy.observe.logging import REDACTED, ReadSampler, configure
-from proxy.upstream.pool import Key, Pool, PoolTimeout, UpstreamConnectError
+from proxy.upstream.pool import Key, Pool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "querybase-dashboard.json"

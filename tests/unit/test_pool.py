@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from proxy.upstream.pool import Key, Pool, PoolTimeout, UpstreamConnectError
+from proxy.errors import PoolTimeout, UpstreamConnectError
+from proxy.upstream.pool import Key, Pool
 
 P: Key = (("application_name", "psql"), ("database", "analytics"), ("user", "alice"))
 Q: Key = (("application_name", "dbeaver"), ("database", "analytics"), ("user", "alice"))

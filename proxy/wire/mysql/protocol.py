@@ -833,6 +833,12 @@ def make_err(errno: int, sqlstate: str, message: str) -> bytes:
     return bytes((ERR_HEADER,)) + _U16.pack(errno) + b"#" + state + message.encode("utf-8", "replace")
 
 
+def err_payload(exc: QueryBaseError) -> bytes:
+    """The ERR payload for any QueryBase error (proxy/errors.py): its errno, SQLSTATE and text."""
+    state = exc.mysql_sqlstate or (exc.sqlstate if len(exc.sqlstate) == 5 else "HY000")
+    return make_err(exc.mysql_errno, state, exc.mysql_message)
+
+
 def parse_err(payload: bytes) -> ErrPacket:
     """ERR; a server that fails before the handshake (e.g. too many connections) omits the SQLSTATE."""
     cur = _Cursor(payload, "ERR packet")

@@ -64,7 +64,17 @@ from proxy.audit.log import AuditWriter, audit_login, audit_statement
 from proxy.auth.limits import LoginFailed, LoginLimiter
 from proxy.auth.verifiers import verify_caching_sha2_scramble, verify_native_scramble
 from proxy.config import Settings
-from proxy.errors import NotFound, QueryBaseError
+from proxy.errors import (
+    ApprovedButFailed,
+    AuditUnavailable,
+    Denied,
+    DeniedPrivileged,
+    Held,
+    HoldFailed,
+    NotFound,
+    QueryBaseError,
+    WaitCancelled,
+)
 from proxy.observe import metrics
 from proxy.observe.logging import ReadSampler
 from proxy.observe.sessions import IDLE, SessionRegistry
@@ -93,7 +103,6 @@ MAX_BACKLOG = 4 * 1024 * 1024  # client bytes buffered while a command runs, bef
 LOGIN_READ_SIZE = 16 * 1024  # the most read at once before login (then exactly up to a packet's end)
 MAX_LOGIN_PACKET = 64 * 1024  # SSLRequest, HandshakeResponse41 and auth answers are far smaller
 DEFAULT_SERVER_VERSION = "8.0.36-QueryBase"
-ER_HELD = 9001  # QueryBase's own errno: the write was held as a change request (SQLSTATE HY000)
 ER_ACCESS_DENIED = 1045
 ER_DBACCESS_DENIED = 1044
 ER_BAD_DB = 1049
@@ -536,10 +545,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
 
     def _send_err(self, exc: QueryBaseError, seq: int) -> None:
         if self.transport is not None and not self._closed and not self.transport.is_closing():
-            payload = my.make_err(
-                exc.mysql_errno, exc.sqlstate if len(exc.sqlstate) == 5 else "HY000", exc.message
-            )
-            self.transport.write(my.make_packets(payload, seq)[0])
+            self.transport.write(my.make_packets(my.err_payload(exc), seq)[0])
 
     def _fatal(self, exc: QueryBaseError, seq: int = 0) -> None:
         self.log.warning("session_error", errno=exc.mysql_errno, error=exc.message)
@@ -817,7 +823,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             except my.ProtocolViolation as exc:
                 self._fatal(exc)
                 return
-            except MySQLError as exc:
+            except QueryBaseError as exc:  # answered in place of the server: the session goes on
                 self._send_err(exc, 1)
 
     def _scanner_for(self, upstream: UpstreamConnection) -> my.ResultScanner:
@@ -858,7 +864,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             record=not (prepare or quiet) or verdict.action is Action.DENY,
         )
         if refusal is not None:
-            raise MySQLError(1105, "HY000", refusal)
+            raise AuditUnavailable(refusal)
         self._audit_backpressure(self.f.audit)
         return verdict
 
@@ -931,8 +937,8 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         )
         self._count(verdict)
         self.log.info("statement_denied", kind=c.kind.value, verdict="deny", reason=reason)
-        raise MySQLError(
-            errno, "42000", f"permission denied: {reason} (user '{self.user}' on source '{self.source}')"
+        raise Denied(
+            f"permission denied: {reason} (user '{self.user}' on source '{self.source}')", mysql_errno=errno
         )
 
     def _check_scope(self, c: Classification, sql: str) -> None:
@@ -1157,11 +1163,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         if verdict.action is Action.FORWARD:
             self._forward(command, payload)
             return
-        raise MySQLError(
-            ER_SPECIFIC_ACCESS_DENIED,
-            "42000",
+        raise DeniedPrivileged(
             f"permission denied: {command.name} ({c.reason}) needs write "
-            f"(user '{self.user}' has {self.level} on source '{self.source}')",
+            f"(user '{self.user}' has {self.level} on source '{self.source}')"
         )
 
     def _on_unsupported(self, command: my.Command, body: bytes, payload: bytes) -> None:
@@ -1362,12 +1366,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                 duration_ms=_ms(seconds),
                 reason=verdict.reason,
             )
-            errno = ER_SPECIFIC_ACCESS_DENIED if verdict.kind is Kind.PRIVILEGED else ER_TABLEACCESS_DENIED
-            raise MySQLError(
-                errno,
-                "42000",
+            refused = DeniedPrivileged if verdict.kind is Kind.PRIVILEGED else Denied
+            raise refused(
                 f"permission denied: {verdict.reason} "
-                f"(user '{self.user}' has {self.level} on source '{self.source}')",
+                f"(user '{self.user}' has {self.level} on source '{self.source}')"
             )
         self._busy = True
         self._pause("refuse")
@@ -1404,9 +1406,7 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     )
             except Exception as exc:
                 self.log.exception("hold_failed")
-                self._send_err(
-                    MySQLError(1105, "HY000", f"the write could not be held for approval: {exc}"), 1
-                )
+                self._send_err(HoldFailed(str(exc)), 1)
             else:
                 in_transaction = self._status() & my.ServerStatus.SERVER_STATUS_IN_TRANS
                 if self.hold_wait > 0 and self.f.changes is not None and not in_transaction:
@@ -1415,10 +1415,10 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
                     except Exception as exc:  # the request stands; only the wait failed
                         self.log.exception("held_wait_failed", request=request_id)
                         reason = f"waiting failed: {type(exc).__name__}"
-                        self._send_err(_held_error(request_id, self.source, reason), 1)
+                        self._send_err(Held(request_id, self.source, reason), 1)
                 else:
                     why = c.reason if c.kind is Kind.UNKNOWN else ""
-                    self._send_err(_held_error(request_id, self.source, why=why), 1)
+                    self._send_err(Held(request_id, self.source, why=why), 1)
         finally:
             self._busy = False
             self._resume("refuse")
@@ -1444,16 +1444,12 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
         waited = await self._wait_for_request(changes, request_id, "cancelled by KILL QUERY while waiting")
         if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
-            self._send_err(
-                MySQLError(
-                    1317, "70100", f"Query execution was interrupted; change request #{request_id} cancelled"
-                ),
-                1,
-            )
+            cancelled = f"Query execution was interrupted; change request #{request_id} cancelled"
+            self._send_err(WaitCancelled(cancelled), 1)
             return
         view = waited.view
         if view is None:
-            self._send_err(_held_error(request_id, self.source, f"still pending after {self.hold_wait}s"), 1)
+            self._send_err(Held(request_id, self.source, f"still pending after {self.hold_wait}s"), 1)
             return
         ex = view.execution
         if view.status == "succeeded" and self.transport is not None:
@@ -1463,9 +1459,9 @@ class MySQLSession(RelaySession, asyncio.BufferedProtocol):
             )
         elif view.status == "failed" and ex is not None:
             message = f"change request #{request_id} was approved but failed: {ex.error_message}"
-            self._send_err(MySQLError(ex.mysql_errno or 1105, "HY000", message), 1)
+            self._send_err(ApprovedButFailed(message, sqlstate=ex.sqlstate, mysql_errno=ex.mysql_errno), 1)
         else:
-            self._send_err(_held_error(request_id, self.source, f"it was {view.status}; it did not run"), 1)
+            self._send_err(Held(request_id, self.source, f"it was {view.status}; it did not run"), 1)
 
 
 def _ms(seconds: float) -> float:
@@ -1491,18 +1487,6 @@ _LOGIN_FAILURE_REASONS: dict[int, str | None] = {
     ER_DBACCESS_DENIED: "no_grant",
     ER_SECURE_TRANSPORT_REQUIRED: "tls_required",
 }
-
-
-def _held_error(request_id: int, source: str, state: str = "", *, why: str = "") -> MySQLError:
-    """The held error; `why` says why a statement QueryBase could not classify was held."""
-    return MySQLError(
-        ER_HELD,
-        "HY000",
-        f'write held for approval as change request #{request_id} on source "{source}"'
-        + (f" ({state})" if state else "")
-        + (f" [{why}]" if why else "")
-        + "; it did not run and runs once, exactly as sent, when an approver approves it",
-    )
 
 
 _Handler = Callable[[MySQLSession, my.Command, bytes, bytes], None]

@@ -565,6 +565,11 @@ def make_error(
     return message(b"N" if notice else b"E", body)
 
 
+def error_response(exc: QueryBaseError, severity: str = "ERROR") -> bytes:
+    """The ErrorResponse for any QueryBase error (proxy/errors.py): its SQLSTATE, text, detail, hint."""
+    return make_error(severity, exc.sqlstate, exc.message, detail=exc.detail, hint=exc.hint)
+
+
 def parse_error_fields(body: bytes) -> dict[str, str]:
     """ErrorResponse / NoticeResponse body → {field code: value}."""
     fields: dict[str, str] = {}

@@ -54,7 +54,18 @@ from proxy.auth.limits import LoginFailed, LoginLimiter
 from proxy.auth.scram import SCRAM, SCRAM_PLUS, ScramServer, mock_verifier, tls_server_end_point
 from proxy.auth.verifiers import ScramVerifier, scram_verify_password, verify_pg_md5_response
 from proxy.config import Settings
-from proxy.errors import NotFound, QueryBaseError
+from proxy.errors import (
+    ApprovedButFailed,
+    AuditUnavailable,
+    Denied,
+    Held,
+    HoldFailed,
+    NotFound,
+    PoolTimeout,
+    QueryBaseError,
+    UpstreamConnectError,
+    WaitCancelled,
+)
 from proxy.observe import metrics
 from proxy.observe.logging import ReadSampler, connection_ids
 from proxy.observe.sessions import IDLE, SessionRegistry
@@ -63,7 +74,7 @@ from proxy.store.db import Store
 from proxy.store.requests import HeldStatement, RequestDetail, create_request
 from proxy.upstream.base import source_pool
 from proxy.upstream.pg import UpstreamConnection
-from proxy.upstream.pool import Pool, PoolTimeout, UpstreamConnectError
+from proxy.upstream.pool import Pool
 from proxy.wire.pg import protocol as pgp
 from proxy.wire.pg.extended import (
     AS_PARSE_COMPLETE,
@@ -393,7 +404,7 @@ class PgSession(RelaySession, asyncio.Protocol):
     def _fatal(self, exc: QueryBaseError) -> None:
         self.log.warning("session_error", sqlstate=exc.sqlstate, error=exc.message)
         if self.transport is not None and not self._closed and not self.transport.is_closing():
-            self.transport.write(pgp.make_error("FATAL", exc.sqlstate, exc.message))
+            self.transport.write(pgp.error_response(exc, "FATAL"))
             self.transport.close()
         self._closed = True
 
@@ -1249,7 +1260,9 @@ class PgSession(RelaySession, asyncio.Protocol):
                     error = await self._wait_for_decision(request_id, extended)
                 except Exception as exc:  # the request stands; only the wait failed
                     self.log.exception("held_wait_failed", request=request_id)
-                    error = _held_error(request_id, self.source, f"waiting failed: {type(exc).__name__}")
+                    error = pgp.error_response(
+                        Held(request_id, self.source, f"waiting failed: {type(exc).__name__}")
+                    )
             elif self.status == b"T" and self.upstream is not None:
                 # Inside a transaction block PostgreSQL would abort the transaction on this error;
                 # make the upstream do exactly that, so what follows behaves as it would there.
@@ -1295,26 +1308,25 @@ class PgSession(RelaySession, asyncio.Protocol):
         waited = await self._wait_for_request(changes, request_id, "cancelled by the client while waiting")
         if waited.cancelled:
             self.log.info("held_wait_cancelled", request=request_id)
-            return pgp.make_error(
-                "ERROR",
-                "57014",
-                f"canceling statement due to user request; change request #{request_id} cancelled",
+            return pgp.error_response(
+                WaitCancelled(
+                    f"canceling statement due to user request; change request #{request_id} cancelled"
+                )
             )
         view = waited.view
         if view is None:
-            return _held_error(
-                request_id, self.source, f"still pending after {self.hold_wait}s; it runs when approved"
+            return pgp.error_response(
+                Held(request_id, self.source, f"still pending after {self.hold_wait}s; it runs when approved")
             )
         if view.status == "succeeded":
             return _execution_result(view, extended, self._encoding)
         ex = view.execution
         if view.status == "failed" and ex is not None:
-            return pgp.make_error(
-                "ERROR",
-                ex.sqlstate or "XX000",
-                f"change request #{request_id} was approved but failed: {ex.error_message}",
+            failed = f"change request #{request_id} was approved but failed: {ex.error_message}"
+            return pgp.error_response(
+                ApprovedButFailed(failed, sqlstate=ex.sqlstate, mysql_errno=ex.mysql_errno)
             )
-        return _held_error(request_id, self.source, f"it was {view.status}; it did not run")
+        return pgp.error_response(Held(request_id, self.source, f"it was {view.status}; it did not run"))
 
     def _refused(self, verdict: Verdict, t0: float, request_id: int | None) -> None:
         """The one statement line of a denied or held statement, once the client has its answer."""
@@ -1339,15 +1351,13 @@ class PgSession(RelaySession, asyncio.Protocol):
     async def _refusal_error(self, verdict: Verdict, draft: HeldStatementDraft) -> tuple[bytes, int | None]:
         if self._audit_refusal is not None:
             message, self._audit_refusal = self._audit_refusal, None
-            return pgp.make_error("ERROR", "58000", message), None
+            return pgp.error_response(AuditUnavailable(message)), None
         if verdict.action is Action.DENY:
-            denied = pgp.make_error(
-                "ERROR",
-                "42501",
+            denied = Denied(
                 f"permission denied: {verdict.reason} "
-                f'(user "{self.user}" has {self.level} on source "{self.source}")',
+                f'(user "{self.user}" has {self.level} on source "{self.source}")'
             )
-            return denied, None
+            return pgp.error_response(denied), None
         facts = {
             "protocol": "postgresql",
             "client_addr": self.peer,
@@ -1364,17 +1374,11 @@ class PgSession(RelaySession, asyncio.Protocol):
                 request_id = await create_request(self.f.store, user=self.user, source=self.source, held=held)
         except QueryBaseError as exc:
             self.log.error("hold_failed", error=exc.message)
-            failed = pgp.make_error(
-                "ERROR", "58000", f"the write could not be held for approval: {exc.message}"
-            )
-            return failed, None
+            return pgp.error_response(HoldFailed(exc.message)), None
         except Exception as exc:
             self.log.exception("hold_failed")
-            failed = pgp.make_error(
-                "ERROR", "58000", f"the write could not be held for approval: {type(exc).__name__}"
-            )
-            return failed, None
-        return _held_error(request_id, self.source), request_id
+            return pgp.error_response(HoldFailed(type(exc).__name__)), None
+        return pgp.error_response(Held(request_id, self.source)), request_id
 
 
 def startup_settings(params: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
@@ -1503,19 +1507,6 @@ def _unsupported_encoding(pg_name: str) -> pgp.ProtocolViolation:
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-def _held_error(request_id: int, source: str, state: str = "") -> bytes:
-    """QB001: the statement is held (or its waiting ended without a result)."""
-    detail = "The statement did not run. It runs once, exactly as sent, when an approver approves it."
-    return pgp.make_error(
-        "ERROR",
-        "QB001",
-        f'write held for approval as change request #{request_id} on source "{source}"'
-        + (f" ({state})" if state else ""),
-        detail=detail,
-        hint=f"Review it with `querybase` or the admin API (change request {request_id}).",
-    )
 
 
 def _execution_result(view: RequestDetail, extended: bool, encoding: str) -> bytes:
