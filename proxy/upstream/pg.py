@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import cast
 
 from proxy.auth.scram import SCRAM, ScramClient, md5_password
@@ -266,14 +267,20 @@ class UpstreamConnection(UpstreamBase[tuple[bytes, bytes]]):
                     raise failed
                 return rows
 
-    async def stop_running(self) -> None:
-        """Ask the upstream to cancel whatever this connection is running (a new connection)."""
+    async def stop_running(self, still: Callable[[], bool] | None = None) -> None:
+        """Ask the upstream to cancel whatever this connection is running (a new connection).
+        `still`, asked once the cancel connection is open, says whether the statement to cancel
+        still runs here: with transaction pooling the connection may serve another client by then,
+        whose statement must not be cancelled."""
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 transport, _ = await loop.create_connection(
                     asyncio.Protocol, self.target.host, self.target.port
                 )
+                if still is not None and not still():
+                    transport.close()
+                    return
                 transport.write(pgp.make_cancel_request(self.backend_pid, self.backend_key))
                 await asyncio.sleep(0)
                 transport.close()

@@ -490,3 +490,27 @@ def test_pool_timeout_mid_session_ends_only_that_session(gateway: Gateway) -> No
             holder.close()
     with connect(gateway) as after:
         assert scalar(after, "SELECT 3") == 3
+
+
+def test_cancel_reaches_the_clients_own_statement_and_nobody_elses(gateway: Gateway) -> None:
+    """On a pool of one connection, shared by both clients: a client's cancel stops its own
+    running statement, and a cancel from a client that runs nothing stops nobody's."""
+    with (
+        connect(gateway, dbname="tiny") as idle,
+        connect(gateway, dbname="tiny") as busy,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        assert scalar(idle, "SELECT 1") == 1  # the connection served `idle` last; now it is free
+        sleeping = pool.submit(scalar, busy, "SELECT pg_sleep(1.5)::text")
+        time.sleep(0.5)
+        idle.cancel()  # `idle` runs nothing: the connection now runs `busy`'s statement
+        assert sleeping.result(timeout=10) == ""
+        started = time.monotonic()
+        sleeping = pool.submit(scalar, busy, "SELECT pg_sleep(30)::text")
+        time.sleep(0.5)
+        busy.cancel()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            sleeping.result(timeout=20)
+        assert time.monotonic() - started < 10
+        assert scalar(busy, "SELECT 2") == 2
+        assert scalar(idle, "SELECT 3") == 3

@@ -508,7 +508,10 @@ class PgSession(RelaySession, asyncio.Protocol):
         if self.waiting is not None:
             self.waiting.set()
         elif self.upstream is not None and not self._replies.idle:
-            self._spawn(self.upstream.stop_running())
+            upstream = self.upstream
+            # Checked again once the cancel connection is open: only while this client's
+            # statement still runs there (the connection may be another client's by then).
+            self._spawn(upstream.stop_running(lambda: self.upstream is upstream and not self._replies.idle))
 
     async def _start_session(self, startup: pgp.StartupMessage) -> None:
         assert self.transport is not None
