@@ -644,6 +644,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--output", type=Path, help=f"report file (default {RESULTS}, --quick {QUICK_RESULTS.name})"
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) afterwards")
+    p.add_argument(
+        "--pool-size",
+        type=int,
+        help="upstream connections of PgBouncer and QueryBase (default: max clients + 4); fewer "
+        "than the clients measures transaction pooling",
+    )
     args = p.parse_args(argv)
     args.output = args.output or (QUICK_RESULTS if args.quick else RESULTS)
     args.seconds = args.seconds or (3 if args.quick else 8)
@@ -681,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [(m, c) for m in args.modes for c in args.clients]
     env = Environment(_basedir())
     runs: list[Run] = []
-    pool_size = max(args.clients) + 4
+    pool_size = args.pool_size or max(args.clients) + 4
     started = time.monotonic()
     try:
         with _signals_as_exit():
