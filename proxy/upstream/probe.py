@@ -1,8 +1,11 @@
 """`source test`: log in with a source's stored logins (server version or the exact error), and
 report what the read login could do on its own (the real boundary, docs/source-boundary.md).
 
-Uses the driver libraries (asyncpg, PyMySQL), not QueryBase's own upstream code, so an operator
-can tell a bad source definition from a QueryBase bug.
+Each login goes through QueryBase's own upstream code (`proxy.upstream.pg` / `.mysql`, with the
+source's TLS mode and CA, and the read role's read-only session), exactly as the relay logs in.
+When that login fails, the same login is tried with a driver library (asyncpg, PyMySQL): if the
+driver gets in, the report says so, so an operator can tell a bad source definition from a
+QueryBase bug. The read login's privilege queries run through the driver.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from typing import Any
 import asyncpg
 import pymysql
 
+from proxy.errors import QueryBaseError
 from proxy.store.catalog import Catalog, SourceCredentials
 from proxy.tlsfiles import describe_tls_failure, tls_required, upstream_context
+from proxy.upstream.base import upstream_target
+from proxy.upstream.mysql import UpstreamConnection as MySQLUpstream
+from proxy.upstream.pg import UpstreamConnection as PgUpstream
 
 CONNECT_TIMEOUT = 10.0
 CHECK_TIMEOUT = 20.0  # the read login's privilege queries (catalogs of large databases)
@@ -146,6 +153,19 @@ class SourceTest:
     boundary: Boundary = field(repr=False)
 
 
+async def relay_login(creds: SourceCredentials, role: str) -> str:
+    """Log in as the relay does for `role` (TLS mode and CA, read-only session for `read`);
+    the server's version. Raises UpstreamConnectError with the reason."""
+    target = upstream_target(creds, role)
+    if creds.view.engine == "postgresql":
+        pg = await PgUpstream.connect(target, ())
+        pg.close()
+        return f"PostgreSQL {pg.parameter_status.get('server_version', '?')}"
+    my = await MySQLUpstream.connect(target, ())
+    my.close()
+    return f"MySQL-protocol server {my.server_version}"
+
+
 async def check_source(creds: SourceCredentials) -> SourceTest:
     """Try the read login and, if configured, the write login; check the read login's privileges."""
     logins = [("read", creds.view.read_user, creds.read_password)]
@@ -155,6 +175,15 @@ async def check_source(creds: SourceCredentials) -> SourceTest:
     results = []
     boundary = Boundary(creds.view.read_user, (), "the read login failed: nothing was checked")
     for role, user, password in logins:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + 5):
+                await relay_login(creds, role)
+        except (QueryBaseError, TimeoutError) as exc:
+            reason = _without_where(exc.message, creds) if isinstance(exc, QueryBaseError) else "timed out"
+            results.append(
+                LoginResult(role, user, False, await _driver_opinion(creds, user, password, reason))
+            )
+            continue
         try:
             detail, findings = await asyncio.wait_for(
                 login(creds, user, password, role == "read"), CONNECT_TIMEOUT + CHECK_TIMEOUT
@@ -175,6 +204,34 @@ async def check_source(creds: SourceCredentials) -> SourceTest:
         ) as exc:
             results.append(LoginResult(role, user, False, _describe(exc, creds.view.tls)))
     return SourceTest(results, boundary)
+
+
+def _without_where(message: str, creds: SourceCredentials) -> str:
+    """The upstream code's error without the "upstream HOST:PORT of source NAME" the report's line
+    already says."""
+    view = creds.view
+    where = f"upstream {view.host}:{view.port} of source {view.name!r}"
+    for prefix, replacement in (
+        (f"{where} refused QueryBase's login: ", "login refused: "),
+        (f"cannot connect to {where}: ", "cannot connect: "),
+        (f"{where}: ", ""),
+        (f"{where} ", ""),
+    ):
+        if message.startswith(prefix):
+            rest = message[len(prefix) :]
+            return rest if rest.startswith(replacement) else replacement + rest
+    return message
+
+
+async def _driver_opinion(creds: SourceCredentials, user: str, password: str | None, reason: str) -> str:
+    """QueryBase's login failed with `reason`: does a driver get in with the same settings?"""
+    login = _postgres_login if creds.view.engine == "postgresql" else _mysql_login
+    try:
+        await asyncio.wait_for(login(creds, user, password, False), CONNECT_TIMEOUT)
+    except Exception:  # the driver is refused too: the source definition (or the server) is at fault
+        return reason
+    driver = "asyncpg" if creds.view.engine == "postgresql" else "PyMySQL"
+    return f"{reason} (but {driver} logs in with the same settings: please report this QueryBase bug)"
 
 
 def _describe(exc: BaseException, tls: str) -> str:

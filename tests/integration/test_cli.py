@@ -6,6 +6,7 @@ a fresh interpreter per call); `init`, `QUERYBASE_CONFIG` and argv handling run 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import subprocess
@@ -471,13 +472,41 @@ def test_source_test_against_real_servers(
 
     bad = run_cli_in_process(config, "source", "test", "pgbad")
     assert bad.returncode == 1
-    assert "FAILED: 28P01" in bad.stdout
-    assert "password authentication failed" in bad.stdout
+    assert "FAILED: login refused: password authentication failed" in bad.stdout
+    assert "(SQLSTATE 28P01)" in bad.stdout
     bad = run_cli_in_process(config, "source", "test", "mybad")
     assert bad.returncode == 1
-    assert "FAILED: errno 1045" in bad.stdout
+    assert "FAILED: login refused: Access denied" in bad.stdout
+    assert "(errno 1045)" in bad.stdout
     for text in (pg, bad.stdout):
         assert PG_PASSWORDS["qb_reader"] not in text
+    # When QueryBase's own login fails, the report says whether a driver gets in with the same
+    # settings (then the fault is QueryBase's, not the source definition's).
+    for name, expected in (("pg", "asyncpg logs in"), ("my", "PyMySQL logs in"), ("pgbad", None)):
+        opinion = asyncio.run(_driver_opinion_of(config, name))
+        if expected is None:
+            assert opinion == "QueryBase's reason"
+        else:
+            assert opinion == (
+                f"QueryBase's reason (but {expected} with the same settings: "
+                "please report this QueryBase bug)"
+            )
+
+
+async def _driver_opinion_of(config: Path, source: str) -> str:
+    from proxy.config import load_settings
+    from proxy.store.catalog import Catalog
+    from proxy.store.crypto import SecretBox, load_key
+    from proxy.store.db import Store
+    from proxy.upstream.probe import _driver_opinion
+
+    settings = load_settings(config, {})
+    store = Store(settings.store.url)
+    try:
+        creds = await Catalog(store, SecretBox(load_key(settings, {}))).source_credentials(source)
+        return await _driver_opinion(creds, creds.view.read_user, creds.read_password, "QueryBase's reason")
+    finally:
+        await store.close()
 
 
 def test_source_test_reports_unreachable_host(config: Path) -> None:
