@@ -71,10 +71,6 @@ class Replies:
         """The upstream has answered everything sent to it."""
         return not self._owed
 
-    @property
-    def owed(self) -> int:
-        return len(self._owed)
-
     def query_sent(self, t0: float, kind: Kind) -> None:
         """A simple Query or FunctionCall of the client's went upstream."""
         self._owed.append((Reply.PASS, [(t0, kind)]))
