@@ -909,9 +909,17 @@ class PgSession(RelaySession, asyncio.Protocol):
             self._ext.bind(raw[5:end_portal], statement, raw)
             self._forward(pgp.message(b"B", raw[5 : end_portal + 1] + server + raw[end_statement:]))
             return None
+        if not statement and self._unnamed_of_another():
+            return self._protocol_error("26000", "unnamed prepared statement does not exist")
         self._ext.bind(raw[5:end_portal], statement, raw)
         self._forward(raw)
         return None
+
+    def _unnamed_of_another(self) -> bool:
+        """Transaction pooling: the client did not parse the unnamed statement on this connection,
+        so whatever the server has under that name is another client's (its text, parameters and
+        columns must not reach this one)."""
+        return self.pooling == "transaction" and b"" not in self._ext.statements
 
     def _no_such_statement(self, name: bytes) -> object:
         shown = name.decode("utf-8", "replace")
@@ -996,6 +1004,8 @@ class PgSession(RelaySession, asyncio.Protocol):
                 return self._no_such_statement(body[1:-1])
             self._forward(pgp.make_describe(b"S", server))
             return None
+        if body == b"S\x00" and self._unnamed_of_another():
+            return self._protocol_error("26000", "unnamed prepared statement does not exist")
         self._forward(raw)
         return None
 
